@@ -1,0 +1,213 @@
+"""Model and preprocessing configs: dataclasses with a versioned JSON round trip.
+
+A ``ModelConfig`` fully describes a dual encoder (both towers, the joint embedding and the
+image preprocessing), so ``config.json`` + ``model.safetensors`` is a complete checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from .errors import ConfigError
+
+FORMAT_VERSION = 1
+CONFIG_TYPE = "maskclip"
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+ACTIVATIONS = ("quick_gelu", "gelu")
+
+
+@dataclass
+class VisionConfig:
+    """ViT image tower. Defaults are OpenAI's ViT-B/16."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    act: str = "quick_gelu"
+    norm_eps: float = 1e-5
+    ln_pre: bool = True  # OpenAI/open_clip: True; timm's plain ViT (SLIP): False
+    patch_bias: bool = False  # OpenAI conv1 has no bias; timm/SLIP/RILS patch embeddings do
+    pool: str = "token"  # "token": class token (CLIP); "mean": mean of patch tokens (RILS)
+    pos_embed: str = "learned"  # "learned" | "sincos" (fixed 2-D sin-cos, RILS/MAE)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    def validate(self) -> None:
+        _positive(self, "image_size", "patch_size", "width", "layers", "heads")
+        _divides(self.width, self.heads, "vision width", "vision heads")
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"vision image_size must be a multiple of patch_size; got image_size={self.image_size}, "
+                f"patch_size={self.patch_size}"
+            )
+        _choice("vision act", self.act, ACTIVATIONS)
+        _choice("vision pool", self.pool, ("token", "mean"))
+        _choice("vision pos_embed", self.pos_embed, ("learned", "sincos"))
+
+
+@dataclass
+class TextConfig:
+    """Causal text transformer pooled at the end-of-text token. Defaults are OpenAI's."""
+
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    layers: int = 12
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    act: str = "quick_gelu"
+    norm_eps: float = 1e-5
+
+    def validate(self) -> None:
+        _positive(self, "context_length", "vocab_size", "width", "layers", "heads")
+        _divides(self.width, self.heads, "text width", "text heads")
+        _choice("text act", self.act, ACTIVATIONS)
+
+
+@dataclass
+class PreprocessConfig:
+    """Image preprocessing: resize the shorter side, center crop, normalise (OpenAI CLIP)."""
+
+    image_size: int = 224
+    mean: Tuple[float, float, float] = OPENAI_MEAN
+    std: Tuple[float, float, float] = OPENAI_STD
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"  # "shortest" (+center crop) | "squash" (resize to S x S)
+
+    def validate(self) -> None:
+        _positive(self, "image_size")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if len(value) != 3:
+                raise ConfigError(f"preprocess {name} needs 3 values (R, G, B); got {list(value)}")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"preprocess std must be positive; got {list(self.std)}")
+        _choice("preprocess interpolation", self.interpolation, ("bicubic", "bilinear", "nearest"))
+        _choice("preprocess resize_mode", self.resize_mode, ("shortest", "squash"))
+
+
+@dataclass
+class ModelConfig:
+    """A whole dual encoder: both towers, the joint embedding size and the preprocessing."""
+
+    embed_dim: int = 512
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    logit_scale_init: float = 2.6592600  # ln(1 / 0.07)
+    name: Optional[str] = None
+
+    def validate(self) -> "ModelConfig":
+        _positive(self, "embed_dim")
+        self.vision.validate()
+        self.text.validate()
+        self.preprocess.validate()
+        return self
+
+    # --- JSON round trip -------------------------------------------------------------------
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for key in ("mean", "std"):
+            d["preprocess"][key] = list(d["preprocess"][key])
+        return {"config_type": CONFIG_TYPE, "format_version": FORMAT_VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a model config must be a JSON object; got {type(d).__name__}")
+        d = dict(d)
+        kind = d.pop("config_type", CONFIG_TYPE)
+        if kind != CONFIG_TYPE:
+            raise ConfigError(f"expected config_type {CONFIG_TYPE!r}; got {kind!r}")
+        version = d.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise ConfigError(
+                f"unsupported maskclip config format_version {version!r}; this maskclip reads version "
+                f"{FORMAT_VERSION} (upgrade maskclip to read newer checkpoints)"
+            )
+        parts = {
+            "vision": _build(VisionConfig, d.pop("vision", {}), "vision"),
+            "text": _build(TextConfig, d.pop("text", {}), "text"),
+            "preprocess": _build(PreprocessConfig, d.pop("preprocess", {}), "preprocess"),
+        }
+        pp = parts["preprocess"]
+        pp.mean, pp.std = tuple(pp.mean), tuple(pp.std)
+        cfg = _build(cls, d, "model", **parts)
+        return cfg.validate()
+
+    def to_json(self, path) -> None:
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path) -> "ModelConfig":
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(binary_file)`` on a temp file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _build(cls, d, where, **extra):
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section {where!r} must be an object; got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown {where} config keys {unknown}; known keys are {sorted(known)}")
+    try:
+        return cls(**d, **extra)
+    except TypeError as e:
+        raise ConfigError(f"bad {where} config: {e}") from None
+
+
+def _positive(obj, *names):
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be a positive integer; got {value!r}")
+
+
+def _divides(width, heads, wname, hname):
+    if width % heads:
+        raise ConfigError(f"{wname} ({width}) must be divisible by {hname} ({heads})")
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {list(choices)}; got {value!r}")
