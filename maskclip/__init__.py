@@ -1,5 +1,22 @@
-"""maskclip: language-image models with masked self-distillation, and every CLIP checkpoint."""
-from .errors import *  # noqa: F401,F403
-from .config import ModelConfig, VisionConfig, TextConfig, PreprocessConfig  # noqa: F401
+"""maskclip: language-image models with masked self-distillation, and every CLIP checkpoint.
+
+>>> import maskclip
+>>> model = maskclip.load("openai-vitb16")
+>>> probs = model.classify("cat.jpg", ["a cat", "a dog"])
+"""
+from .config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig, architecture_config
+from .errors import (ConfigError, ImageNotFoundError, ImageReadError, InputError, InputTypeError,
+                     MaskCLIPError, ModelNotFoundError, WeightsError, WeightsUnavailableError)
+from .hub import available_models, load, model_info
+from .model import MaskCLIP
+from .tokenizer import tokenize
+from .zero_shot import imagenet_classnames, template_sets
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "MaskCLIP", "ModelConfig", "VisionConfig", "TextConfig", "PreprocessConfig", "architecture_config",
+    "load", "available_models", "model_info", "tokenize", "imagenet_classnames", "template_sets",
+    "MaskCLIPError", "InputError", "InputTypeError", "ImageReadError", "ImageNotFoundError",
+    "ModelNotFoundError", "WeightsUnavailableError", "WeightsError", "ConfigError",
+]

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from .atomic import atomic_write_text
 from .errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -161,28 +160,6 @@ class ModelConfig:
         return cls.from_dict(d)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one."""
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(binary_file)`` on a temp file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _build(cls, d, where, **extra):
     if not isinstance(d, dict):
         raise ConfigError(f"config section {where!r} must be an object; got {type(d).__name__}")
@@ -211,3 +188,24 @@ def _divides(width, heads, wname, hname):
 def _choice(name, value, choices):
     if value not in choices:
         raise ConfigError(f"{name} must be one of {list(choices)}; got {value!r}")
+
+
+def architectures() -> Dict[str, Dict[str, Any]]:
+    """The named architectures bundled as data (``maskclip/data/architectures.json``)."""
+    from importlib import resources
+
+    text = resources.files("maskclip.data").joinpath("architectures.json").read_text(encoding="utf-8")
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def architecture_config(name: str, act: Optional[str] = None) -> ModelConfig:
+    """A ``ModelConfig`` for a named architecture (``"vit-b-16"``, ``"tiny"``, ...); ``act`` sets both towers."""
+    archs = architectures()
+    if name not in archs:
+        raise ConfigError(f"unknown architecture {name!r}; known: {sorted(archs)}")
+    d = json.loads(json.dumps(archs[name]))
+    if act is not None:
+        d.setdefault("vision", {})["act"] = act
+        d.setdefault("text", {})["act"] = act
+    d.setdefault("preprocess", {}).setdefault("image_size", d.get("vision", {}).get("image_size", 224))
+    return ModelConfig.from_dict({"format_version": FORMAT_VERSION, "name": name, **d})

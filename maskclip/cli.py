@@ -1,0 +1,222 @@
+"""The ``maskclip`` command line: models, classify, embed, segment, convert.
+
+Every subcommand wraps the same public functions a Python user calls. Bad input ends the
+program with a one-line ``maskclip: error: ...`` on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+DEFAULT_MODEL = os.environ.get("MASKCLIP_MODEL", "openai-vitb16")
+
+
+class CLIError(Exception):
+    """A user error found by the CLI itself (not by the library)."""
+
+
+def _labels(args) -> List[str]:
+    labels = list(args.labels or [])
+    if args.labels_file:
+        text = Path(args.labels_file).read_text(encoding="utf-8")
+        labels += [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise CLIError("give the candidate labels with --labels A B C or --labels-file FILE")
+    return labels
+
+
+def _load(args):
+    import maskclip
+
+    return maskclip.load(args.model, device=args.device, allow_pickle=getattr(args, "allow_pickle", False))
+
+
+# --- subcommands ---------------------------------------------------------------------------
+
+def cmd_models(args) -> None:
+    import maskclip
+
+    rows = []
+    for name in maskclip.available_models():
+        info = maskclip.model_info(name)
+        rows.append({"name": name, "weights": "yes" if info.get("weights_available", True) else "not public",
+                     "act": info.get("act", ""), "description": info.get("description", "")})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}}  {'weights':<10}  {'act':<10}  description")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['weights']:<10}  {r['act']:<10}  {r['description']}")
+
+
+def cmd_classify(args) -> None:
+    labels = _labels(args)
+    model = _load(args)
+    probs = model.classify(args.images, labels, templates=args.templates)
+    results = []
+    for path, p in zip(args.images, probs):
+        top = p.topk(min(args.top, len(labels)))
+        results.append({"image": path, "labels": [{"label": labels[i], "prob": round(float(v), 6)}
+                                                  for v, i in zip(top.values, top.indices)]})
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for r in results:
+        print(r["image"])
+        for item in r["labels"]:
+            print(f"  {item['prob']:7.2%}  {item['label']}")
+
+
+def cmd_embed(args) -> None:
+    import torch
+
+    if bool(args.images) == bool(args.text):
+        raise CLIError("give either image paths or --text TEXT ... (not both, not neither)")
+    out = Path(args.out)
+    if out.suffix not in (".safetensors", ".npy"):
+        raise CLIError(f"--out must end in .safetensors or .npy; got {out.name!r}")
+    model = _load(args)
+    items = args.images or args.text
+    with torch.no_grad():
+        chunks = []
+        for i in range(0, len(items), args.batch_size):
+            batch = items[i:i + args.batch_size]
+            enc = model.encode_image if args.images else model.encode_text
+            chunks.append(enc(batch, normalize=args.normalize).float().cpu())
+    emb = torch.cat(chunks)
+    _write_embeddings(out, emb, items, "image" if args.images else "text", model.config.name)
+    print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {out}")
+
+
+def _write_embeddings(out: Path, emb, items: List[str], kind: str, model_name: Optional[str]) -> None:
+    from .atomic import atomic_write
+
+    if out.suffix == ".npy":
+        import numpy as np
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.save(f, emb.numpy())
+        atomic_write(out, write)
+        return
+    from .io import write_safetensors
+
+    write_safetensors({"embeddings": emb}, out,
+                      metadata={"kind": kind, "items": json.dumps(items), "model": model_name or ""})
+
+
+def cmd_segment(args) -> None:
+    from .transforms import load_image
+    from .visualize import overlay
+
+    labels = _labels(args)
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise CLIError(f"--out must be a .png/.jpg/.webp image path; got {out.name!r}")
+    model = _load(args)
+    image = load_image(args.image)
+    seg = model.segment(image, labels, templates=args.templates, method=args.method, size=args.size,
+                        window=args.window, stride=args.stride)
+    picture = overlay(image, seg, labels, alpha=args.alpha)
+    from .atomic import atomic_write
+
+    atomic_write(out, lambda tmp: picture.save(tmp, format=_pil_format(out)))
+    counts = seg.flatten().bincount(minlength=len(labels)).tolist()
+    total = seg.numel()
+    print(f"wrote {out}")
+    for label, c in sorted(zip(labels, counts), key=lambda lc: -lc[1]):
+        print(f"  {c / total:7.2%}  {label}")
+
+
+def _pil_format(path: Path) -> str:
+    return {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}[path.suffix.lower()]
+
+
+def cmd_convert(args) -> None:
+    import maskclip
+
+    model = maskclip.load(args.source, allow_pickle=args.allow_pickle)
+    model.save_pretrained(args.out, format=args.format)
+    print(f"wrote {args.format} checkpoint to {args.out}")
+
+
+# --- parser --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="maskclip", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def model_args(sp):
+        sp.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"registered name, folder, weights file or hf-hub:org/repo (default {DEFAULT_MODEL})")
+        sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
+
+    def label_args(sp):
+        sp.add_argument("--labels", nargs="+", metavar="LABEL", help="candidate labels")
+        sp.add_argument("--labels-file", help="a text file with one label per line")
+        sp.add_argument("--templates", default=None,
+                        help="template set name (e.g. openai_imagenet) or one template with {} (default: labels as written)")
+
+    sp = sub.add_parser("models", help="list registered model names")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_models)
+
+    sp = sub.add_parser("classify", help="zero-shot classify images against labels")
+    sp.add_argument("images", nargs="+", metavar="IMAGE")
+    label_args(sp)
+    model_args(sp)
+    sp.add_argument("--top", type=int, default=5, help="labels to show per image (default 5)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_classify)
+
+    sp = sub.add_parser("embed", help="write image or text embeddings to .safetensors or .npy")
+    sp.add_argument("images", nargs="*", metavar="IMAGE")
+    sp.add_argument("--text", nargs="+", metavar="TEXT", help="embed these texts instead of images")
+    sp.add_argument("--out", required=True, help="output file, .safetensors or .npy")
+    sp.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    sp.add_argument("--batch-size", type=int, default=32)
+    model_args(sp)
+    sp.set_defaults(func=cmd_embed)
+
+    sp = sub.add_parser("segment", help="zero-shot segmentation; writes a coloured overlay with a legend")
+    sp.add_argument("image", metavar="IMAGE")
+    label_args(sp)
+    model_args(sp)
+    sp.add_argument("--out", required=True, help="overlay image path (.png, .jpg, .webp)")
+    sp.add_argument("--method", default="clearclip", choices=["vanilla", "maskclip", "sclip", "clearclip"])
+    sp.add_argument("--size", type=int, default=None, help="shorter side in px (default: the model's image size)")
+    sp.add_argument("--window", type=int, default=None, help="sliding window in px (default: whole image)")
+    sp.add_argument("--stride", type=int, default=None)
+    sp.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    sp.set_defaults(func=cmd_segment)
+
+    sp = sub.add_parser("convert", help="convert a checkpoint between layouts")
+    sp.add_argument("source", help="registered name, folder, weights file or hf-hub:org/repo")
+    sp.add_argument("out", help="output folder")
+    sp.add_argument("--format", default="maskclip", choices=["maskclip", "open_clip", "transformers"])
+    sp.add_argument("--allow-pickle", action="store_true",
+                    help="read pickled .bin/.pt checkpoints (with torch.load(weights_only=True))")
+    sp.set_defaults(func=cmd_convert)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from .errors import MaskCLIPError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (MaskCLIPError, CLIError, OSError) as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"maskclip: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Reading and writing checkpoints on disk, in every supported layout.
+
+Layouts of a folder:
+- ``maskclip``: ``config.json`` (config_type "maskclip") + ``model.safetensors``;
+- ``open_clip``: ``open_clip_config.json`` + ``open_clip_model.safetensors`` (or the pickled ``.bin``);
+- ``transformers``: ``config.json`` (model_type "clip") + ``model.safetensors`` (or ``pytorch_model.bin``).
+Single files: a ``.safetensors`` state dict in any known key layout (config inferred from shapes
+unless a ``config.json`` sits beside it), or a pickled checkpoint when ``allow_pickle=True``.
+
+Only safetensors loads by default: a pickle can execute code, so it is refused unless asked
+for, and then read with ``torch.load(weights_only=True)``. Writes are atomic per file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Tuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import convert
+from .atomic import atomic_write, atomic_write_text
+from .config import ModelConfig
+from .errors import ConfigError, ModelNotFoundError, WeightsError
+
+StateDict = Dict[str, torch.Tensor]
+
+NATIVE_CONFIG, NATIVE_WEIGHTS = "config.json", "model.safetensors"
+OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, OPEN_CLIP_PICKLE = (
+    "open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HF_CONFIG, HF_WEIGHTS, HF_PICKLE = "config.json", "model.safetensors", "pytorch_model.bin"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+FORMATS = ("maskclip", "open_clip", "transformers")
+
+
+# --- reading -------------------------------------------------------------------------------
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object; got {type(data).__name__}")
+    return data
+
+
+def read_safetensors(path: Path) -> StateDict:
+    """Load a safetensors file, turning every way it can be broken into a ``WeightsError``."""
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        size = Path(path).stat().st_size if Path(path).exists() else 0
+        raise WeightsError(
+            f"{path} is not a readable safetensors file ({size} bytes; truncated or corrupt?): {e}"
+        ) from None
+
+
+def read_pickle(path: Path, allow_pickle: bool) -> StateDict:
+    """A pickled checkpoint, only when explicitly allowed, and only with ``weights_only`` loading."""
+    if not allow_pickle:
+        raise WeightsError(
+            f"refusing to load the pickled file {path}: unpickling can run arbitrary code. Convert it "
+            "explicitly (maskclip convert, or load(..., allow_pickle=True), which uses "
+            "torch.load(weights_only=True)), or use a .safetensors file"
+        )
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        raise WeightsError(f"cannot load {path} with torch.load(weights_only=True): {e}") from None
+    return convert.unwrap_checkpoint(obj, source=str(path))
+
+
+def read_weights(path: Path, allow_pickle: bool = False) -> StateDict:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        return read_pickle(path, allow_pickle)
+    raise WeightsError(f"unknown weights file type {path.name!r}; expected .safetensors (or a pickle "
+                       f"{PICKLE_SUFFIXES} with allow_pickle=True)")
+
+
+def folder_layout(folder: Path) -> str:
+    """Which layout a checkpoint folder is in: ``maskclip`` | ``open_clip`` | ``transformers``."""
+    folder = Path(folder)
+    config = folder / NATIVE_CONFIG
+    if config.is_file():
+        data = read_json(config)
+        if data.get("config_type") == "maskclip":
+            return "maskclip"
+        if data.get("model_type") == "clip":
+            return "transformers"
+    if (folder / OPEN_CLIP_CONFIG).is_file():
+        return "open_clip"
+    present = sorted(p.name for p in folder.iterdir())[:12]
+    raise ModelNotFoundError(
+        f"{folder} is not a checkpoint folder maskclip can read: expected config.json + model.safetensors "
+        f"(maskclip or transformers CLIPModel) or open_clip_config.json + open_clip_model.safetensors; "
+        f"found {present}"
+    )
+
+
+def _first_existing(folder: Path, *names: str) -> Path:
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise ModelNotFoundError(f"{folder} has no weights file; expected one of {list(names)}")
+
+
+def read_folder(folder: Path, allow_pickle: bool = False) -> Tuple[ModelConfig, StateDict]:
+    """A checkpoint folder in any layout -> native config and state dict."""
+    folder = Path(folder)
+    layout = folder_layout(folder)
+    if layout == "maskclip":
+        config = ModelConfig.from_json(folder / NATIVE_CONFIG)
+        return config, read_weights(folder / NATIVE_WEIGHTS, allow_pickle)
+    if layout == "open_clip":
+        weights = _first_existing(folder, OPEN_CLIP_WEIGHTS, OPEN_CLIP_PICKLE)
+        return convert.from_open_clip(read_json(folder / OPEN_CLIP_CONFIG), read_weights(weights, allow_pickle))
+    weights = _first_existing(folder, HF_WEIGHTS, HF_PICKLE)
+    return convert.from_transformers(read_json(folder / HF_CONFIG), read_weights(weights, allow_pickle))
+
+
+def read_file(path: Path, allow_pickle: bool = False) -> Tuple[ModelConfig, StateDict]:
+    """A single weights file -> native config and state dict.
+
+    With a maskclip ``config.json`` beside it, that config is used; otherwise the key layout
+    (native, OpenAI, open_clip, transformers, timm, SLIP, RILS) is detected and the config is
+    inferred from the tensor shapes.
+    """
+    path = Path(path)
+    sd = read_weights(path, allow_pickle)
+    beside = path.parent / NATIVE_CONFIG
+    if beside.is_file() and read_json(beside).get("config_type") == "maskclip":
+        return ModelConfig.from_json(beside), sd
+    return convert.to_native(sd)
+
+
+# --- writing -------------------------------------------------------------------------------
+
+def write_safetensors(tensors: StateDict, path: Path, metadata: Dict[str, str] = None) -> None:
+    """Atomically write ``tensors`` (made contiguous, on the CPU) to ``path``."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"format": "pt", **(metadata or {})}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def save_pretrained(model, path, format: str = "maskclip") -> Path:
+    """Write ``model`` as a folder in ``format`` (weights first, then config, each atomically)."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}; got {format!r}")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = model.state_dict()
+    if format == "maskclip":
+        write_safetensors(sd, folder / NATIVE_WEIGHTS)
+        model.config.to_json(folder / NATIVE_CONFIG)
+    elif format == "open_clip":
+        oc_config, oc_sd = convert.to_open_clip(model.config, sd)
+        write_safetensors(oc_sd, folder / OPEN_CLIP_WEIGHTS)
+        atomic_write_text(folder / OPEN_CLIP_CONFIG, json.dumps(oc_config, indent=2) + "\n")
+    else:
+        hf_config, hf_sd = convert.to_transformers(model.config, sd)
+        write_safetensors(hf_sd, folder / HF_WEIGHTS)
+        atomic_write_text(folder / HF_CONFIG, json.dumps(hf_config, indent=2) + "\n")
+        atomic_write_text(folder / "preprocessor_config.json",
+                          json.dumps(convert.transformers_preprocessor_config(model.config), indent=2) + "\n")
+        from .tokenizer import get_tokenizer
+
+        get_tokenizer().save_transformers_files(folder)
+    return folder
+
+
+def push_to_hub(model, repo_id: str, private: bool = False, revision: str = None,
+                commit_message: str = "Upload maskclip model", format: str = "maskclip", token: str = None):
+    """Save ``model`` in ``format`` to a temporary folder and upload it to ``repo_id`` on the Hub."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise ValueError(f"repo_id must look like 'org/name'; got {repo_id!r}")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, format=format)
+        return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
+                                 commit_message=commit_message)

@@ -1,0 +1,171 @@
+"""The dual encoder and its public API.
+
+``MaskCLIP`` holds an image tower, a text tower and a logit scale (OpenAI CLIP's parameter
+names under ``visual.`` and ``text.``), plus the preprocessing and tokenizer its config
+implies. Every public method accepts user-level inputs (paths, PIL images, tensors, strings)
+and validates them here, at the boundary.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import dense, io, segmentation, transforms, zero_shot
+from .config import ModelConfig
+from .errors import InputError, InputTypeError
+from .tokenizer import get_tokenizer
+from .towers import TextTower, VisionTower
+
+
+class MaskCLIP(nn.Module):
+    """A CLIP-style dual encoder (CLIP, SLIP, MaskCLIP, RILS weights all load into it).
+
+    Build from a config (random init), or with ``maskclip.load(...)`` for trained weights.
+    """
+
+    def __init__(self, config: Optional[ModelConfig] = None):
+        super().__init__()
+        if config is None:
+            config = ModelConfig()
+        if not isinstance(config, ModelConfig):
+            raise InputTypeError(f"config must be a maskclip.ModelConfig; got {type(config).__name__}")
+        self.config = config.validate()
+        self.visual = VisionTower(config.vision, config.embed_dim)
+        self.text = TextTower(config.text, config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+        self.preprocess = transforms.Preprocess(config.preprocess)
+
+    # --- properties --------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.transformer.grad_checkpointing = enable
+        self.text.transformer.grad_checkpointing = enable
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def tokenize(self, texts, truncate: bool = True) -> torch.Tensor:
+        """str | list[str] -> ``LongTensor[B, context_length]``, ids identical to OpenAI CLIP."""
+        return get_tokenizer()(texts, context_length=self.config.text.context_length, truncate=truncate)
+
+    def image_batch(self, images, size: Optional[int] = None) -> torch.Tensor:
+        """Any accepted image input -> model input ``[B, 3, H, W]`` on the model's device and dtype."""
+        x = transforms.to_batch(images, self.config.preprocess, size=size)
+        p = self.config.vision.patch_size
+        if x.shape[-1] < p or x.shape[-2] < p:
+            raise InputError(
+                f"images must be at least one patch ({p}x{p} px) after preprocessing; got {tuple(x.shape[-2:])}"
+            )
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def text_batch(self, texts) -> torch.Tensor:
+        """str | list[str] | token ids ``[L]`` / ``[B, L]`` -> ``LongTensor[B, L]`` on the model's device."""
+        if isinstance(texts, torch.Tensor):
+            return self._check_tokens(texts).to(self.device)
+        return self.tokenize(texts).to(self.device)
+
+    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        cfg = self.config.text
+        if tokens.dtype in (torch.bool,) or tokens.is_floating_point() or tokens.is_complex():
+            raise InputTypeError(f"token ids must be an integer tensor; got dtype {tokens.dtype}")
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        if tokens.dim() != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise InputError(f"token ids must have shape [B, L] with B, L > 0; got {list(tokens.shape)}")
+        if tokens.shape[1] > cfg.context_length:
+            raise InputError(
+                f"token ids are {tokens.shape[1]} long; this model's context length is {cfg.context_length}"
+            )
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            raise InputError(f"token ids must be in [0, {cfg.vocab_size}); got values in [{lo}, {hi}]")
+        return tokens.long()
+
+    # --- encoders ----------------------------------------------------------------------------
+
+    def encode_image(self, images, normalize: bool = False) -> torch.Tensor:
+        """Images (path | PIL | tensor | list) -> embeddings ``[B, E]``.
+
+        Float tensors are taken as already preprocessed (as in open_clip); uint8 tensors,
+        PIL images and paths are preprocessed with ``self.preprocess``.
+        """
+        feats = self.visual(self.image_batch(images))
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def encode_text(self, texts, normalize: bool = False) -> torch.Tensor:
+        """Texts (str | list[str] | token ids ``[B, L]``) -> embeddings ``[B, E]``."""
+        feats = self.text(self.text_batch(texts))
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """open_clip's training forward: normalised image and text embeddings and ``exp(logit_scale)``."""
+        return self.encode_image(images, normalize=True), self.encode_text(texts, normalize=True), self.logit_scale.exp()
+
+    def dense_features(self, images, normalize: bool = False, method: str = "vanilla",
+                       image_size: Optional[int] = None) -> torch.Tensor:
+        """Images -> patch features in the joint image-text space ``[B, E, h, w]``.
+
+        ``method``: ``vanilla`` | ``maskclip`` | ``sclip`` | ``clearclip`` (see ``maskclip.dense``).
+        ``image_size`` overrides the preprocessing size for PIL/path/uint8 inputs (e.g. 448
+        gives a 28 x 28 grid at patch 16); float tensors are used at their own size.
+        """
+        segmentation.check_method(method)
+        feats = dense.dense_features(self.visual, self.image_batch(images, size=image_size), method)
+        return F.normalize(feats, dim=1) if normalize else feats
+
+    # --- zero-shot ---------------------------------------------------------------------------
+
+    def zero_shot_classifier(self, classnames: Sequence[str], templates=None) -> torch.Tensor:
+        """Class names x templates -> classifier ``[E, C]`` (see ``maskclip.zero_shot``).
+
+        ``templates``: ``None`` (names used as written), a bundled set name such as
+        ``"openai_imagenet"``, or a list of strings containing ``{}``.
+        """
+        return zero_shot.build_classifier(self, classnames, templates)
+
+    def classify(self, images, labels: Sequence[str], templates=None) -> torch.Tensor:
+        """Images and candidate labels -> probabilities ``[B, C]``, rows summing to 1."""
+        return zero_shot.classify(self, images, labels, templates)
+
+    @torch.no_grad()
+    def segment(self, image, labels: Sequence[str], templates=None, method: str = "clearclip",
+                size: Optional[int] = None, window: Optional[int] = None, stride: Optional[int] = None,
+                return_scores: bool = False):
+        """One image and labels -> ``LongTensor[H, W]``, the label index of every input pixel.
+
+        The shorter side is resized to ``size`` (default: the model's image size); with
+        ``window`` the features are computed in sliding windows (``stride`` default window/2).
+        ``return_scores=True`` also returns the cosine scores ``[C, H, W]``.
+        """
+        labels = zero_shot.check_labels(labels)
+        x, out_size = transforms.segmentation_input(image, self.config.preprocess, size=size)
+        classifier = self.zero_shot_classifier(labels, templates)
+        scores = segmentation.segment_scores(
+            self, x.to(self.device, self.dtype), out_size, classifier, method, window, stride
+        )
+        label_map = scores.argmax(dim=0)
+        return (label_map, scores) if return_scores else label_map
+
+    # --- saving ------------------------------------------------------------------------------
+
+    def save_pretrained(self, path, format: str = "maskclip") -> None:
+        """Write a folder that ``maskclip.load`` (or open_clip / transformers, per ``format``) reads."""
+        io.save_pretrained(self, path, format=format)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Save in the native format and upload to the Hugging Face Hub (``huggingface_hub``)."""
+        return io.push_to_hub(self, repo_id, **kwargs)

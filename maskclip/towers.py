@@ -1,0 +1,118 @@
+"""The two encoders of the dual encoder, at the tensor level.
+
+``VisionTower``: ViT, ``[B, 3, H, W]`` (already preprocessed) -> ``[B, E]`` or patch tokens.
+``TextTower``: causal transformer, token ids ``[B, L]`` -> ``[B, E]`` pooled at end-of-text.
+Parameter names are OpenAI CLIP's (under ``visual.`` and ``text.``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+from .config import TextConfig, VisionConfig
+from .layers import Transformer, causal_len, sincos_2d
+
+
+class VisionTower(nn.Module):
+    def __init__(self, cfg: VisionConfig, embed_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        w, g = cfg.width, cfg.grid_size
+        scale = w ** -0.5
+        self.conv1 = nn.Conv2d(3, w, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
+        self.class_embedding = nn.Parameter(scale * torch.randn(w))
+        if cfg.pos_embed == "sincos":
+            self.positional_embedding = nn.Parameter(sincos_2d(w, (g, g)), requires_grad=False)
+        else:
+            self.positional_embedding = nn.Parameter(scale * torch.randn(g * g + 1, w))
+        self.ln_pre = nn.LayerNorm(w, eps=cfg.norm_eps) if cfg.ln_pre else nn.Identity()
+        self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.norm_eps)
+        self.ln_post = nn.LayerNorm(w, eps=cfg.norm_eps)
+        self.proj = nn.Parameter(scale * torch.randn(w, embed_dim))
+
+    def grid(self, height: int, width: int) -> Tuple[int, int]:
+        p = self.cfg.patch_size
+        return height // p, width // p
+
+    def pos_embed(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """Position embedding for a ``grid`` of patches: ``[1 + gh * gw, width]``.
+
+        The stored embedding is for the config's square grid; other grids resample it
+        bicubically (class token untouched), so any input resolution works.
+        """
+        g = self.cfg.grid_size
+        if tuple(grid) == (g, g):
+            return self.positional_embedding
+        if self.cfg.pos_embed == "sincos":
+            return sincos_2d(self.cfg.width, grid).to(self.positional_embedding)
+        return resample_abs_pos_embed(
+            self.positional_embedding[None], list(grid), old_size=[g, g], num_prefix_tokens=1,
+            interpolation="bicubic", antialias=False,
+        )[0]
+
+    def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """``[B, 3, H, W]`` -> tokens ``[B, 1 + gh * gw, width]`` (class token first), ``(gh, gw)``."""
+        x = self.conv1(x)
+        grid = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed(grid).to(x.dtype)
+        return self.ln_pre(x), grid
+
+    def forward_tokens(self, x: torch.Tensor, stop: Optional[int] = None):
+        """Tokens after blocks ``[0, stop)``, before ``ln_post``: ``[B, 1 + N, width]``, and the grid."""
+        tokens, grid = self.embed(x)
+        return self.transformer(tokens, stop=stop), grid
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final tokens ``[B, 1 + N, width]`` -> image embedding ``[B, E]``."""
+        if self.cfg.pool == "mean":
+            pooled = self.ln_post(tokens[:, 1:]).mean(dim=1)
+        else:
+            pooled = self.ln_post(tokens[:, 0])
+        return pooled @ self.proj
+
+    def project_patches(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens ``[B, N, width]`` -> joint-space patch features ``[B, N, E]``."""
+        return self.ln_post(tokens) @ self.proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> ``[B, E]``."""
+        tokens, _ = self.forward_tokens(x)
+        return self.pool(tokens)
+
+
+class TextTower(nn.Module):
+    def __init__(self, cfg: TextConfig, embed_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.token_embedding = nn.Embedding(cfg.vocab_size, w)
+        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, w))
+        self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.norm_eps)
+        self.ln_final = nn.LayerNorm(w, eps=cfg.norm_eps)
+        self.text_projection = nn.Parameter(torch.empty(w, embed_dim))
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        nn.init.normal_(self.text_projection, std=w ** -0.5)
+
+    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, L]`` -> hidden states ``[B, L', width]`` before ``ln_final``.
+
+        Only the first ``L'`` positions are computed, ``L'`` reaching the last end-of-text
+        token of the batch: with causal attention, later positions cannot change the pooled
+        output, so this is exact and saves most of the work on short prompts.
+        """
+        n = causal_len(tokens)
+        x = self.token_embedding(tokens[:, :n]) + self.positional_embedding[:n].to(self.token_embedding.weight.dtype)
+        return self.transformer(x, causal=True)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, L]`` -> ``[B, E]``, the hidden state at end-of-text (the max id)."""
+        x = self.forward_tokens(tokens)
+        eot = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        # LayerNorm acts per token, so normalising only the pooled token is exact and cheaper.
+        return self.ln_final(eot) @ self.text_projection

@@ -1,0 +1,108 @@
+"""Zero-shot classification: prompt templates, class names, the text classifier.
+
+Per class: fill every template, encode, L2-normalise each prompt embedding, average, and
+L2-normalise again; the classifier is ``[E, C]`` and logits are
+``exp(logit_scale) * normalize(image_features) @ classifier``.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError, InputTypeError
+
+Templates = Union[None, str, Sequence[str]]
+
+
+@lru_cache(maxsize=None)
+def _template_sets() -> dict:
+    text = resources.files("maskclip.data").joinpath("templates.json").read_text(encoding="utf-8")
+    return {k: tuple(v) for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def template_sets() -> List[str]:
+    """Names of the bundled template sets (e.g. ``"openai_imagenet"``, 80 templates)."""
+    return sorted(_template_sets())
+
+
+@lru_cache(maxsize=None)
+def imagenet_classnames() -> List[str]:
+    """The 1000 ImageNet class names of OpenAI CLIP's notebook, in class-index order."""
+    text = resources.files("maskclip.data").joinpath("imagenet_classnames.txt").read_text(encoding="utf-8")
+    return text.splitlines()
+
+
+def resolve_templates(templates: Templates) -> List[str]:
+    """``None`` -> ``["{}"]`` (labels used as written); a set name -> its templates; a list -> checked."""
+    if templates is None:
+        return ["{}"]
+    if isinstance(templates, str):
+        if "{}" in templates:
+            return [templates]
+        sets = _template_sets()
+        if templates not in sets:
+            raise InputError(
+                f"unknown template set {templates!r}; expected one of {sorted(sets)} "
+                "or a list of strings containing '{}'"
+            )
+        return list(sets[templates])
+    if not isinstance(templates, (list, tuple)) or not templates:
+        raise InputTypeError(
+            f"templates must be None, a template set name or a non-empty list of strings; got {templates!r}"
+        )
+    for t in templates:
+        if not isinstance(t, str) or "{}" not in t:
+            raise InputError(f"every template must be a string containing '{{}}'; got {t!r}")
+    return list(templates)
+
+
+def check_labels(labels, allow_duplicates: bool = False) -> List[str]:
+    """Validate class names / labels: a non-empty list of non-empty strings."""
+    if isinstance(labels, str):
+        raise InputTypeError(f"labels must be a list of strings, not a single string; got {labels!r}")
+    if not isinstance(labels, (list, tuple)):
+        raise InputTypeError(f"labels must be a list of strings; got {type(labels).__name__}")
+    if not labels:
+        raise InputError("labels is empty; give at least one class name")
+    for i, label in enumerate(labels):
+        if not isinstance(label, str):
+            raise InputTypeError(f"labels[{i}] must be a string; got {type(label).__name__}: {label!r}")
+        if not label.strip():
+            raise InputError(f"labels[{i}] is empty or whitespace; every label needs text")
+    if not allow_duplicates:
+        seen, dupes = set(), []
+        for label in labels:
+            if label in seen and label not in dupes:
+                dupes.append(label)
+            seen.add(label)
+        if dupes:
+            raise InputError(f"labels contain duplicates {dupes}; each label must be unique")
+    return list(labels)
+
+
+@torch.no_grad()
+def build_classifier(model, classnames: Sequence[str], templates: Templates = None,
+                     batch_size: int = 1024) -> torch.Tensor:
+    """Class names x templates -> zero-shot classifier ``[E, C]`` (unit-norm columns)."""
+    classnames = check_labels(classnames, allow_duplicates=True)
+    templates = resolve_templates(templates)
+    prompts = [t.replace("{}", c) for c in classnames for t in templates]
+    chunks = [model.encode_text(prompts[i:i + batch_size], normalize=True)
+              for i in range(0, len(prompts), batch_size)]
+    emb = torch.cat(chunks).view(len(classnames), len(templates), -1).mean(dim=1)
+    return F.normalize(emb, dim=-1).T.contiguous()
+
+
+@torch.no_grad()
+def classify(model, images, labels: Sequence[str], templates: Templates = None) -> torch.Tensor:
+    """Images and labels -> probabilities ``[B, C]`` (softmax over labels)."""
+    labels = check_labels(labels)
+    classifier = build_classifier(model, labels, templates)
+    feats = model.encode_image(images, normalize=True)
+    logits = model.logit_scale.exp().clamp(max=100) * feats @ classifier.to(feats.dtype)
+    return logits.float().softmax(dim=-1)

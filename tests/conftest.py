@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random-weight models (CPU-sized; the real architectures live in benchmarks)."""
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def tiny_config(**vision):
+    """A 2-layer ViT (patch 16, 64 px) + 2-layer text tower; ``vision`` overrides vision fields."""
+    from maskclip import ModelConfig
+
+    v = {"image_size": 64, "patch_size": 16, "width": 64, "layers": 2, "heads": 2}
+    v.update(vision)
+    return ModelConfig.from_dict({
+        "format_version": 1, "embed_dim": 32, "name": "tiny-test",
+        "vision": v,
+        "text": {"width": 64, "layers": 2, "heads": 4},
+        "preprocess": {"image_size": v["image_size"]},
+    })
+
+
+def tiny_model(seed=0, **vision):
+    from maskclip import MaskCLIP
+
+    torch.manual_seed(seed)
+    model = MaskCLIP(tiny_config(**vision)).eval()
+    # Random non-trivial norms and biases, so tests cannot pass by accident of zero init.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "ln" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="session")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture
+def rgb_image():
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(1)
+    arr = (torch.rand(48, 80, 3, generator=g) * 255).to(torch.uint8).numpy()
+    return Image.fromarray(arr, "RGB")
