@@ -138,7 +138,7 @@ class Tokenizer:
         symbols[-1] += "</w>"
         while len(symbols) > 1:
             merged = _merge_lowest_pair(symbols, self._ranks)
-            if len(merged) < 3:
+            if merged is symbols:
                 break
             symbols = merged
         return tuple(self._encoder[s] for s in symbols)
