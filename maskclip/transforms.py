@@ -13,6 +13,7 @@ image -> model input), ``to_batch`` (any accepted image input -> ``[B, 3, H, W]`
 """
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Optional, Tuple
@@ -47,11 +48,11 @@ def load_image(x) -> Image.Image:
     if isinstance(x, Image.Image):
         return to_rgb(x)
     if isinstance(x, (str, os.PathLike)):
-        return to_rgb(open_image(x))
+        return to_rgb(_open_image(x))
     raise InputTypeError(f"load_image expects a path (str or os.PathLike) or a PIL image; got {type(x).__name__}")
 
 
-def open_image(path) -> Image.Image:
+def _open_image(path) -> Image.Image:
     """Decode the image file at ``path`` in its own mode (RGBA, P, I;16, ...); the file is closed on return."""
     p = Path(os.fspath(path))
     if not p.exists():
@@ -62,9 +63,9 @@ def open_image(path) -> Image.Image:
         with Image.open(p) as im:
             _refuse_bomb(im, p)
             im.load()
-            # A copy owns its pixels; the opened image may keep its file open (multi-frame
-            # formats) until closed, which leaving the ``with`` block does.
-            return im.copy()
+            # Leaving the block closes the file (load() alone leaves multi-frame files open);
+            # the loaded pixels stay usable.
+            return im
     except MaskCLIPError:
         raise
     except Exception as e:  # PIL plugins raise OSError, SyntaxError, ValueError, struct.error, ... on bad data
@@ -219,9 +220,9 @@ class Preprocess:
 
 def _target_size(cfg: PreprocessConfig, size) -> int:
     s = cfg.image_size if size is None else size
-    if not isinstance(s, int) or isinstance(s, bool) or s <= 0:
+    if not isinstance(s, numbers.Integral) or isinstance(s, bool) or s <= 0:
         raise InputError(f"size must be a positive integer (pixels); got {s!r}")
-    return s
+    return int(s)
 
 
 def _shorter_side_size(h: int, w: int, s: int) -> Tuple[int, int]:
@@ -334,7 +335,8 @@ def to_batch(images, cfg: PreprocessConfig, size: Optional[int] = None) -> torch
     return _one(images, cfg, size, "images")
 
 
-def segmentation_input(image, cfg: PreprocessConfig, size: Optional[int] = None) -> Tuple[torch.Tensor, Tuple[int, int]]:
+def segmentation_input(image, cfg: PreprocessConfig,
+                       size: Optional[int] = None) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """One image, uncropped -> (``FloatTensor[1, 3, h, w]``, original ``(H, W)``).
 
     The shorter side becomes ``size`` (default ``cfg.image_size``), the aspect ratio is kept.
@@ -367,7 +369,7 @@ def _as_pil(x, where: str) -> Image.Image:
     if isinstance(x, Image.Image):
         return x
     if isinstance(x, (str, os.PathLike)):
-        return open_image(x)
+        return _open_image(x)
     if isinstance(x, np.ndarray):
         return Image.fromarray(_check_array(x, where), "RGB")
     raise InputTypeError(f"{where}: expected {_ACCEPTED}, or a list of these; got {type(x).__name__}")

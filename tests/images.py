@@ -11,10 +11,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # (width, height): square, landscape, portrait, extreme aspect ratios, odd and tiny sizes,
-# and sizes one pixel off the target so that crop-offset rounding matters.
+# and sizes a few pixels off 224 so that the rounding of crop offsets matters (a margin of
+# 3 or 7 pixels is where round-half-to-even and floor disagree).
 SIZES = [
     (224, 224), (640, 480), (480, 640), (333, 500), (1000, 100), (100, 1000),
-    (37, 53), (225, 224), (224, 225), (301, 199), (17, 17),
+    (37, 53), (225, 224), (224, 225), (227, 224), (224, 231), (301, 199), (17, 17),
 ]
 
 
