@@ -146,6 +146,18 @@ def sincos_2d(width: int, grid: Tuple[int, int], prefix_tokens: int = 1) -> torc
     return torch.cat([torch.zeros(prefix_tokens, width), emb], dim=0)
 
 
+def resample_grid(tokens: torch.Tensor, old: Tuple[int, int], new: Tuple[int, int]) -> torch.Tensor:
+    """Bicubic resampling of per-patch embeddings ``[oh * ow, D]`` -> ``[nh * nw, D]`` (in fp32).
+
+    The same operation as timm's ``resample_abs_pos_embed``, done here because importing timm
+    imports torchvision, which maskclip does not need at run time.
+    """
+    D = tokens.shape[-1]
+    grid = tokens.float().reshape(1, old[0], old[1], D).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(new), mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(-1, D).to(tokens.dtype)
+
+
 def causal_len(tokens: torch.Tensor) -> int:
     """Length needed to reach the end-of-text token (the max id) of every row of ``[B, L]``."""
     return int(tokens.argmax(dim=-1).max().item()) + 1

@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from .config import TextConfig, VisionConfig
-from .layers import Transformer, causal_len, sincos_2d
+from .layers import Transformer, causal_len, resample_grid, sincos_2d
 
 
 class VisionTower(nn.Module):
@@ -48,10 +47,8 @@ class VisionTower(nn.Module):
             return self.positional_embedding
         if self.cfg.pos_embed == "sincos":
             return sincos_2d(self.cfg.width, grid).to(self.positional_embedding)
-        return resample_abs_pos_embed(
-            self.positional_embedding[None], list(grid), old_size=[g, g], num_prefix_tokens=1,
-            interpolation="bicubic", antialias=False,
-        )[0]
+        pe = self.positional_embedding
+        return torch.cat([pe[:1], resample_grid(pe[1:], (g, g), grid)])
 
     def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """``[B, 3, H, W]`` -> tokens ``[B, 1 + gh * gw, width]`` (class token first), ``(gh, gw)``."""
