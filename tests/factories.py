@@ -4,7 +4,7 @@ One architecture spec (``Arch``) describes a CLIP ViT dual encoder; from it the 
 the same model in maskclip, open_clip and transformers, written here directly against each
 package's own config format (not through ``maskclip.convert``, which is what tests check):
 
-- ``Arch`` and the named specs ``VIT_B_16``, ``ODD_GELU``, ``ODD_QUICKGELU``, ``TINY``;
+- ``Arch`` and the named specs ``VIT_B_16``, ``ODD_GELU``, ``ODD_QUICKGELU``, ``OPEN_CLIP_OPTIONS``, ``TINY``;
 - ``maskclip_config`` / ``random_maskclip``: a ``ModelConfig`` / ``MaskCLIP`` with random weights;
 - ``open_clip_model_cfg`` / ``random_open_clip``: open_clip's ``model_cfg`` dict / ``open_clip.model.CLIP``;
 - ``transformers_config`` / ``random_transformers``: a ``CLIPConfig`` / ``transformers.CLIPModel``;
@@ -75,6 +75,11 @@ ODD_GELU = Arch("odd-gelu", image_size=64, patch_size=32, vision_width=96, visio
 ODD_QUICKGELU = Arch("odd-quickgelu", image_size=40, patch_size=8, vision_width=80, vision_layers=3, vision_heads=5,
                      text_width=48, text_layers=2, text_heads=3, context_length=20, embed_dim=24, mlp_ratio=2.5,
                      eps=1e-6, quick_gelu=True)
+# open_clip-only structure: no ln_pre, mean pooling ("avg"), fixed sin-cos positions, eps 1e-6, GELU
+OPEN_CLIP_OPTIONS = Arch("open-clip-options", image_size=48, patch_size=16, vision_width=64, vision_layers=2,
+                         vision_heads=2, text_width=64, text_layers=2, text_heads=2, context_length=24, embed_dim=32,
+                         quick_gelu=False, eps=1e-6,
+                         open_clip_vision={"no_ln_pre": True, "pool_type": "avg", "pos_embed_type": "sin_cos_2d"})
 TINY = Arch("tiny", image_size=32, patch_size=16, vision_width=64, vision_layers=1, vision_heads=2,
             text_width=64, text_layers=1, text_heads=2, context_length=16, embed_dim=32)
 
@@ -85,9 +90,13 @@ def maskclip_config(arch: Arch, **vision):
     """The ``maskclip.ModelConfig`` of ``arch``; ``vision`` overrides VisionConfig fields."""
     from maskclip import ModelConfig
 
+    oc = arch.open_clip_vision
     v = {"image_size": arch.image_size, "patch_size": arch.patch_size, "width": arch.vision_width,
          "layers": arch.vision_layers, "heads": arch.vision_heads, "mlp_ratio": arch.mlp_ratio,
-         "act": arch.act, "norm_eps": arch.eps, **vision}
+         "act": arch.act, "norm_eps": arch.eps, "ln_pre": not oc.get("no_ln_pre", False),
+         "pool": {"tok": "token", "avg": "mean"}[oc.get("pool_type", "tok")],
+         "pos_embed": {"learnable": "learned", "sin_cos_2d": "sincos"}[oc.get("pos_embed_type", "learnable")],
+         **vision}
     return ModelConfig.from_dict({
         "format_version": 1, "embed_dim": arch.embed_dim, "name": arch.name, "vision": v,
         "text": {"context_length": arch.context_length, "vocab_size": arch.vocab_size, "width": arch.text_width,

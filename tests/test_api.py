@@ -235,7 +235,7 @@ class _Evil:
 def test_pickle_is_refused_by_default_and_never_executes(model, tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
-        pickle.dump({"state_dict": _Evil()}, f)
+        pickle.dump({"state_dict": _Evil()}, f, protocol=2)
     with pytest.raises(WeightsError, match="refusing"):
         maskclip.load(path)
     with pytest.raises(WeightsError, match="weights_only"):
