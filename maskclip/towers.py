@@ -50,14 +50,21 @@ class VisionTower(nn.Module):
         pe = self.positional_embedding
         return torch.cat([pe[:1], resample_grid(pe[1:], (g, g), grid)])
 
+    def patchify(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """``[B, 3, H, W]`` -> patch embeddings ``[B, gh * gw, width]`` (row-major), ``(gh, gw)``."""
+        x = self.conv1(x)
+        return x.flatten(2).transpose(1, 2), (x.shape[2], x.shape[3])
+
+    def add_class_and_pos(self, patches: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        """Patch embeddings ``[B, N, width]`` -> tokens ``[B, 1 + N, width]``: class token, positions, ``ln_pre``."""
+        cls = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
+        x = torch.cat([cls, patches], dim=1) + self.pos_embed(grid).to(patches.dtype)
+        return self.ln_pre(x)
+
     def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """``[B, 3, H, W]`` -> tokens ``[B, 1 + gh * gw, width]`` (class token first), ``(gh, gw)``."""
-        x = self.conv1(x)
-        grid = (x.shape[2], x.shape[3])
-        x = x.flatten(2).transpose(1, 2)
-        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed(grid).to(x.dtype)
-        return self.ln_pre(x), grid
+        patches, grid = self.patchify(x)
+        return self.add_class_and_pos(patches, grid), grid
 
     def forward_tokens(self, x: torch.Tensor, stop: Optional[int] = None):
         """Tokens after blocks ``[0, stop)``, before ``ln_post``: ``[B, 1 + N, width]``, and the grid."""
@@ -104,7 +111,15 @@ class TextTower(nn.Module):
         output, so this is exact and saves most of the work on short prompts.
         """
         n = causal_len(tokens)
-        x = self.token_embedding(tokens[:, :n]) + self.positional_embedding[:n].to(self.token_embedding.weight.dtype)
+        return self.forward_embeddings(self.token_embedding(tokens[:, :n]))
+
+    def forward_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``[B, L, width]`` (``L <= context_length``) -> hidden states ``[B, L, width]``.
+
+        The entry point for inputs that are not plain ids, such as masked captions whose
+        masked positions carry a learned embedding.
+        """
+        x = x + self.positional_embedding[:x.shape[1]].to(x.dtype)
         return self.transformer(x, causal=True)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
