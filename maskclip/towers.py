@@ -71,13 +71,15 @@ class VisionTower(nn.Module):
         tokens, grid = self.embed(x)
         return self.transformer(tokens, stop=stop), grid
 
+    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final tokens ``[B, 1 + N, width]`` -> the pooled, normalised token ``[B, width]`` (before ``proj``)."""
+        if self.cfg.pool == "mean":
+            return self.ln_post(tokens[:, 1:]).mean(dim=1)
+        return self.ln_post(tokens[:, 0])
+
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Final tokens ``[B, 1 + N, width]`` -> image embedding ``[B, E]``."""
-        if self.cfg.pool == "mean":
-            pooled = self.ln_post(tokens[:, 1:]).mean(dim=1)
-        else:
-            pooled = self.ln_post(tokens[:, 0])
-        return pooled @ self.proj
+        return self.pooled(tokens) @ self.proj
 
     def project_patches(self, tokens: torch.Tensor) -> torch.Tensor:
         """Patch tokens ``[B, N, width]`` -> joint-space patch features ``[B, N, E]``."""
