@@ -1,4 +1,4 @@
-"""The ``maskclip`` command line: models, classify, embed, segment, convert.
+"""The ``maskclip`` command line: models, classify, embed, segment, convert, train, export.
 
 Every subcommand wraps the same public functions a Python user calls. Bad input ends the
 program with a one-line ``maskclip: error: ...`` on stderr and exit status 2.
@@ -145,6 +145,26 @@ def cmd_convert(args) -> None:
     print(f"wrote {args.format} checkpoint to {args.out}")
 
 
+def cmd_train(args) -> None:
+    from .train.cli import run
+
+    summary = run(args)
+    print(f"{summary['stopped']} at step {summary['steps']}/{summary['total_steps']}; "
+          f"checkpoint {summary['checkpoint']}" + (f"; model {summary['model']}" if summary["model"] else ""))
+
+
+def cmd_export(args) -> None:
+    from .train import checkpoint
+    from .train.loop import export_student
+
+    source = Path(args.run)
+    folder = source if (source / "manifest.json").is_file() else checkpoint.latest(source / "checkpoints")
+    if folder is None:
+        raise CLIError(f"{source} is neither a training checkpoint folder nor a run folder with complete checkpoints")
+    export_student(folder, args.out, format=args.format)
+    print(f"wrote the student of {folder} to {args.out} ({args.format} format)")
+
+
 # --- parser --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--allow-pickle", action="store_true",
                     help="read pickled .bin/.pt checkpoints (with torch.load(weights_only=True))")
     sp.set_defaults(func=cmd_convert)
+
+    from .train.cli import add_arguments
+
+    sp = sub.add_parser("train", help="pretrain with a recipe (clip, slip, clip_mae, maskclip, rils)",
+                        description="Pretrain a language-image model; torchrun -m maskclip.train takes the same "
+                                    "arguments for many processes.")
+    add_arguments(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("export", help="export the model of a training run or checkpoint for maskclip.load")
+    sp.add_argument("run", help="a run folder (its newest complete checkpoint) or one checkpoint folder")
+    sp.add_argument("out", help="output folder")
+    sp.add_argument("--format", default="maskclip", choices=["maskclip", "open_clip", "transformers"])
+    sp.set_defaults(func=cmd_export)
     return p
 
 

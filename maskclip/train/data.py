@@ -1,0 +1,281 @@
+"""Training data: image-caption sources and a deterministic, resumable stream of batches.
+
+Sources (``open_source``):
+
+- tar shards in the img2dataset/webdataset layout (``{key}.jpg|png|webp`` + ``{key}.txt``),
+  given as paths, globs or brace ranges (``data/{00000..00099}.tar``): for web-scale corpora
+  such as YFCC-15M, CC3M, CC12M; read sequentially with the standard library;
+- a CSV or TSV file with an image-path column and a caption column (paths relative to the file);
+- any indexed dataset with ``__len__`` and ``record(i) -> (image, caption(s))`` (the synthetic one).
+
+The stream is split into "slots", one per (rank, data-loader worker). Each slot reads its own
+part of the data in an order fixed by (seed, epoch), decodes and augments each sample with a
+generator seeded by its position, and assembles whole per-rank batches. Every rank yields the
+same number of batches per epoch (DDP needs it). A batch also carries how many raw samples its
+slot has consumed, so a checkpoint can record the exact data position and a resumed run skips
+to it without decoding anything. Samples that cannot be decoded, or have no caption, are
+skipped and counted in the batch (``skipped``), never silently.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import itertools
+import random
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..config import PreprocessConfig
+from ..errors import InputError
+from ..tokenizer import get_tokenizer
+from .augment import ContrastiveView, SimCLRView
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+Raw = Tuple[str, Union[bytes, Image.Image, str], Union[str, Sequence[str]]]  # key, image, caption(s)
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+def expand_braces(pattern: str) -> List[str]:
+    """``"a{00..02}.tar"`` -> ``["a00.tar", "a01.tar", "a02.tar"]`` (zero padding kept); nests left to right."""
+    m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if not m:
+        return [pattern]
+    lo, hi = m.group(1), m.group(2)
+    width = len(lo) if lo.startswith("0") else 0
+    out = []
+    for i in range(int(lo), int(hi) + 1):
+        out += expand_braces(pattern[:m.start()] + str(i).zfill(width) + pattern[m.end():])
+    return out
+
+
+def shard_paths(specs: Sequence[str]) -> List[str]:
+    paths = []
+    for spec in specs:
+        for pattern in expand_braces(spec):
+            found = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+            missing = [p for p in found if not Path(p).is_file()]
+            if missing or not found:
+                raise InputError(f"training shard {missing[0] if missing else pattern!r} does not exist")
+            paths += found
+    return paths
+
+
+def tar_samples(path: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+    """Samples of one tar shard: consecutive members sharing a key (the name up to its first dot)."""
+    key, parts = None, {}
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name.rsplit("/", 1)[-1]
+                k, _, ext = name.partition(".")
+                if k != key and parts:
+                    yield key, parts
+                    parts = {}
+                key = k
+                parts[ext.lower()] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError):
+        pass  # a truncated shard ends early; what was read is kept, the rest counts as missing
+    if parts:
+        yield key, parts
+
+
+class ShardSource:
+    """Tar shards read sequentially; shards are dealt to slots, and shuffled within a buffer."""
+
+    def __init__(self, specs: Sequence[str], shuffle_buffer: int = 1000):
+        self.paths = shard_paths(specs)
+        self.shuffle_buffer = shuffle_buffer
+        self.size: Optional[int] = None  # unknown without reading every shard
+
+    def stream(self, slot: int, slots: int, seed: int, epoch: int) -> Iterator[Raw]:
+        for rnd in itertools.count():
+            order = _permutation(len(self.paths), seed, epoch, rnd)
+            mine = [self.paths[i] for i in order[slot::slots]] if len(self.paths) >= slots else None
+            samples = self._read(mine) if mine is not None else \
+                itertools.islice(self._read([self.paths[i] for i in order]), slot, None, slots)
+            rng = random.Random(f"shuffle-{seed}-{epoch}-{rnd}-{slot}")
+            yield from _buffer_shuffle(samples, self.shuffle_buffer, rng)
+
+    @staticmethod
+    def _read(paths: Sequence[str]) -> Iterator[Raw]:
+        for path in paths:
+            for key, parts in tar_samples(path):
+                image = next((parts[e] for e in IMAGE_EXTS if e in parts), b"")
+                caption = parts.get("txt", b"")
+                yield key, image, caption.decode("utf-8", "replace") if isinstance(caption, bytes) else caption
+
+
+class IndexedSource:
+    """Random-access records: a CSV of (image path, caption), or any dataset with ``record(i)``."""
+
+    def __init__(self, size: int, record: Callable[[int], Raw]):
+        self.size, self.record = size, record
+
+    def stream(self, slot: int, slots: int, seed: int, epoch: int) -> Iterator[Raw]:
+        if self.size < slots:
+            raise InputError(f"the dataset has {self.size} samples, fewer than the {slots} data slots "
+                             "(ranks x workers); use fewer workers or more data")
+        for rnd in itertools.count():
+            for i in _permutation(self.size, seed, epoch, rnd)[slot::slots]:
+                yield self.record(i)
+
+
+def csv_source(path: str, image_key: str = "image", caption_key: str = "caption") -> IndexedSource:
+    path = Path(path)
+    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        missing = [k for k in (image_key, caption_key) if k not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"{path} has columns {reader.fieldnames}; expected columns {image_key!r} and "
+                             f"{caption_key!r} (set csv_image_key / csv_caption_key)")
+        rows = [(r[image_key], r[caption_key]) for r in reader]
+    if not rows:
+        raise InputError(f"{path} has no rows")
+    root = path.parent
+
+    def record(i: int) -> Raw:
+        image, caption = rows[i]
+        return str(i), str(root / image), caption
+    return IndexedSource(len(rows), record)
+
+
+def open_source(specs: Sequence[str], csv_image_key: str = "image", csv_caption_key: str = "caption"):
+    """The source a ``TrainConfig.data`` list names: shards, one CSV/TSV, or ``synthetic:<split>``."""
+    if not specs:
+        raise InputError("no training data given: pass tar shards, a CSV/TSV file, or synthetic:train")
+    if len(specs) == 1 and specs[0].startswith("synthetic:"):
+        from .synthetic_source import synthetic_source
+
+        return synthetic_source(specs[0])
+    if len(specs) == 1 and Path(specs[0]).suffix.lower() in (".csv", ".tsv", ".tab"):
+        if not Path(specs[0]).is_file():
+            raise InputError(f"training CSV {specs[0]!r} does not exist")
+        return csv_source(specs[0], csv_image_key, csv_caption_key)
+    return ShardSource(specs)
+
+
+def _permutation(n: int, *seed_parts) -> List[int]:
+    g = torch.Generator().manual_seed(_seed(*seed_parts))
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(random.Random("-".join(map(str, parts))).randbytes(8), "little") >> 1
+
+
+def _buffer_shuffle(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    buf = []
+    for item in items:
+        buf.append(item)
+        if len(buf) >= size:
+            yield buf.pop(rng.randrange(len(buf)))
+    rng.shuffle(buf)
+    yield from buf
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+def decode_image(image: Union[bytes, Image.Image, str]) -> Image.Image:
+    """Bytes, a path or a PIL image -> an RGB PIL image; raises on anything undecodable."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, str):
+        with open(image, "rb") as f:
+            image = f.read()
+    if not image:
+        raise ValueError("no image in the sample")
+    with Image.open(io.BytesIO(image)) as im:
+        return im.convert("RGB")
+
+
+def pick_caption(caption: Union[str, Sequence[str]], rng: random.Random) -> str:
+    """One caption: a random non-empty line (YFCC's title or description at random), stripped."""
+    lines = caption.splitlines() if isinstance(caption, str) else list(caption)
+    lines = [c.strip() for c in lines if isinstance(c, str) and c.strip()]
+    if not lines:
+        raise ValueError("empty caption")
+    return lines[rng.randrange(len(lines))] if len(lines) > 1 else lines[0]
+
+
+# --- the stream --------------------------------------------------------------------------------
+
+@dataclass
+class StreamSpec:
+    local_batch: int  # samples per rank per step
+    steps_per_epoch: int
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    extra_views: int = 0  # SLIP: 2 strongly augmented views per sample
+    context_length: int = 77
+
+
+class TrainStream(IterableDataset):
+    """Per-rank batches ``{"image", "text", ["views"], "skipped", "slot", "consumed"}`` for one epoch."""
+
+    def __init__(self, source, spec: StreamSpec, pp: PreprocessConfig, crop_scale=(0.5, 1.0),
+                 strong_scale=(0.08, 1.0)):
+        self.source, self.spec = source, spec
+        self.view = ContrastiveView(pp, crop_scale)
+        self.strong = SimCLRView(pp, strong_scale)
+        self.epoch, self.start_step, self.offsets = 0, 0, None
+        self.num_workers = 1
+
+    def set_position(self, epoch: int, start_step: int = 0, offsets: Optional[List[int]] = None) -> None:
+        """Start ``epoch`` at ``start_step``; ``offsets[v]``: raw samples slot v had consumed by then."""
+        self.epoch, self.start_step, self.offsets = epoch, start_step, offsets
+
+    def __iter__(self):
+        info = get_worker_info()
+        w, workers = (info.id, info.num_workers) if info else (0, 1)
+        s = self.spec
+        # The loader asks workers round-robin from worker 0, so worker w serves the virtual slot
+        # whose batches are start_step + w, + workers, ...: batch j always comes from slot j % workers.
+        v = (self.start_step + w) % workers
+        slot = s.rank * workers + v
+        raw = self.source.stream(slot, s.world_size * workers, s.seed, self.epoch)
+        consumed = self.offsets[v] if self.offsets else 0
+        for _ in range(consumed):  # resume: skip what this slot already read, without decoding it
+            next(raw)
+        tokenizer = get_tokenizer()
+        for _j in range(self.start_step + w, s.steps_per_epoch, workers):
+            images, texts, views, skipped = [], [], [], 0
+            while len(images) < s.local_batch:
+                key, image, caption = next(raw)
+                rng = random.Random(f"sample-{s.seed}-{self.epoch}-{slot}-{consumed}")
+                consumed += 1
+                try:
+                    text = pick_caption(caption, rng)
+                    img = decode_image(image)
+                except Exception:  # undecodable or uncaptioned: skipped and counted, never silently
+                    skipped += 1
+                    continue
+                images.append(self.view(img, rng))
+                texts.append(text)
+                views.extend(self.strong(img, rng) for _ in range(s.extra_views))
+            batch = {"image": torch.stack(images),
+                     "text": tokenizer(texts, context_length=s.context_length, truncate=True),
+                     "skipped": torch.tensor(skipped), "slot": torch.tensor(v), "consumed": torch.tensor(consumed)}
+            if s.extra_views:
+                batch["views"] = torch.stack(views).view(s.local_batch, s.extra_views, *images[0].shape).transpose(0, 1)
+            yield batch
+
+
+def make_loader(stream: TrainStream, workers: int, pin_memory: bool = False) -> DataLoader:
+    stream.num_workers = max(workers, 1)
+    # An own generator keeps the loader from drawing on the global RNG, which a resume restores.
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(0),
+                      prefetch_factor=2 if workers else None, persistent_workers=False)

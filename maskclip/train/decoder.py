@@ -1,0 +1,78 @@
+"""Small decoders that predict what the student did not see.
+
+``PatchDecoder`` (MAE/RILS/MaskCLIP): the student's visible tokens plus learned mask tokens, back
+in patch order, with their own position embedding, through a few transformer blocks, to a
+prediction at every patch. ``TokenDecoder`` (MaskCLIP's text branch): bidirectional blocks over
+the student's caption states, predicting each token's target.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from ..layers import Transformer, resample_grid, sincos_2d
+from .masking import Mask
+
+
+def _heads(width: int, heads: int) -> int:
+    heads = heads or max(width // 64, 1)
+    if width % heads:
+        raise ValueError(f"decoder width {width} is not divisible by its {heads} heads")
+    return heads
+
+
+class PatchDecoder(nn.Module):
+    """``[B, 1 + K, enc_width]`` visible tokens (or ``[B, 1 + N, ...]`` with mask tokens) -> ``[B, N, out_dim]``."""
+
+    def __init__(self, enc_width: int, out_dim: int, grid: Tuple[int, int], layers: int = 2, width: int = 0,
+                 heads: int = 0, pos_embed: str = "learned", eps: float = 1e-6):
+        super().__init__()
+        width = width or enc_width
+        self.grid = tuple(grid)
+        self.pos_kind = pos_embed
+        self.embed = nn.Linear(enc_width, width)
+        self.mask_token = nn.Parameter(0.02 * torch.randn(width))
+        n = grid[0] * grid[1]
+        if pos_embed == "sincos":
+            self.pos = nn.Parameter(sincos_2d(width, self.grid), requires_grad=False)
+        else:
+            self.pos = nn.Parameter(0.02 * torch.randn(1 + n, width))
+        self.blocks = Transformer(width, layers, _heads(width, heads), 4.0, "gelu", eps)
+        self.norm = nn.LayerNorm(width, eps=eps)
+        self.head = nn.Linear(width, out_dim)
+
+    def _pos(self, grid: Tuple[int, int]) -> torch.Tensor:
+        if tuple(grid) == self.grid:
+            return self.pos
+        if self.pos_kind == "sincos":
+            return sincos_2d(self.pos.shape[1], grid).to(self.pos)
+        return torch.cat([self.pos[:1], resample_grid(self.pos[1:], self.grid, grid)])
+
+    def forward(self, tokens: torch.Tensor, mask: Mask, grid: Tuple[int, int]) -> torch.Tensor:
+        x = self.embed(tokens)
+        B, n = mask.mask.shape
+        if x.shape[1] != 1 + n:  # MAE-style input: append mask tokens, then undo the shuffle
+            filler = self.mask_token.to(x.dtype).expand(B, n - mask.num_keep, -1)
+            seq = torch.cat([x[:, 1:], filler], dim=1)
+            seq = torch.gather(seq, 1, mask.ids_restore.unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
+            x = torch.cat([x[:, :1], seq], dim=1)
+        x = self.blocks(x + self._pos(grid).to(x.dtype))
+        return self.head(self.norm(x[:, 1:]))
+
+
+class TokenDecoder(nn.Module):
+    """Bidirectional blocks over a sequence: ``[B, L, in_width]`` -> ``[B, L, out_dim]``."""
+
+    def __init__(self, in_width: int, out_dim: int, layers: int = 1, width: int = 0, heads: int = 0,
+                 eps: float = 1e-6):
+        super().__init__()
+        width = width or in_width
+        self.embed = nn.Linear(in_width, width)
+        self.blocks = Transformer(width, layers, _heads(width, heads), 4.0, "gelu", eps)
+        self.norm = nn.LayerNorm(width, eps=eps)
+        self.head = nn.Linear(width, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.blocks(self.embed(x))))

@@ -1,0 +1,406 @@
+"""The training loop: plain PyTorch, one function, one process per device (torchrun).
+
+``train(cfg, out)`` builds the model and recipe, wraps them for DDP (or FSDP), and runs optimizer
+steps until the schedule ends, a stop is requested (SIGTERM/SIGINT, or ``stop_after`` steps in this
+run), or too many non-finite losses arrive in a row. It checkpoints every ``ckpt_every`` steps and
+when it stops, and exports the trained student to ``out/model`` (a folder ``maskclip.load`` reads).
+
+Layout of ``out``: ``config.json`` (the TrainConfig), ``metrics.jsonl``, ``checkpoints/step_*/``,
+``model/`` (after the last step).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+
+from ..config import ModelConfig, architecture_config
+from ..errors import ConfigError, MaskCLIPError
+from ..model import MaskCLIP
+from . import checkpoint as ckpt
+from . import distributed as dist
+from .config import TrainConfig
+from .data import StreamSpec, TrainStream, _seed, make_loader, open_source
+from .log import MetricsLog
+from .optim import build_optimizer, lr_at, set_lr
+from .recipes import Recipe, build_recipe
+
+EvalFn = Callable[[MaskCLIP], Dict[str, float]]
+
+
+class TrainingAborted(MaskCLIPError, RuntimeError):
+    """Training stopped on purpose (e.g. repeated non-finite losses); the last good state is checkpointed."""
+
+
+@dataclass
+class Plan:
+    """What the config and the data imply: sizes and step counts."""
+
+    local_batch: int  # samples per rank per micro-batch
+    steps_per_epoch: int  # optimizer steps
+    total_steps: int
+    warmup_steps: int
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, source, world_size: int) -> "Plan":
+        per_step = world_size * cfg.accum_steps
+        if cfg.batch_size % per_step:
+            raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by world size x accum_steps "
+                              f"= {world_size} x {cfg.accum_steps}")
+        samples = cfg.samples_per_epoch or source.size
+        if not samples:
+            raise ConfigError("samples_per_epoch is required for tar shards (their size is not known in advance)")
+        steps_per_epoch = samples // cfg.batch_size
+        if steps_per_epoch < 1:
+            raise ConfigError(f"an epoch of {samples} samples is smaller than one batch of {cfg.batch_size}")
+        total = cfg.steps or int(cfg.epochs * steps_per_epoch)
+        if total < 1:
+            raise ConfigError(f"the schedule has no steps (epochs={cfg.epochs}, steps={cfg.steps})")
+        warmup = cfg.warmup_steps or int(cfg.warmup_epochs * steps_per_epoch)
+        return cls(cfg.batch_size // per_step, steps_per_epoch, total, min(warmup, total))
+
+
+@dataclass
+class RunState:
+    """Where the run is; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    epoch_batch: int = 0  # micro-batches of this epoch consumed by each rank
+    offsets: List[int] = field(default_factory=list)  # raw samples consumed per data slot of this rank
+    skipped: int = 0  # undecodable samples skipped (this rank)
+    nonfinite: int = 0  # steps skipped for a non-finite loss or gradient
+    nonfinite_in_row: int = 0
+
+
+# --- building ----------------------------------------------------------------------------------
+
+def build_model(cfg: TrainConfig) -> MaskCLIP:
+    """The student: a named architecture with overrides (random init), or loaded weights (``init_from``)."""
+    if cfg.init_from:
+        from ..hub import load
+
+        if cfg.model_overrides:
+            raise ConfigError("model_overrides cannot change a model loaded with init_from")
+        return load(cfg.init_from).train()
+    d = architecture_config(cfg.model).to_dict()
+    for section, values in cfg.model_overrides.items():
+        if isinstance(values, dict) and isinstance(d.get(section), dict):
+            d[section].update(values)
+        else:
+            d[section] = values
+    if "vision" in cfg.model_overrides and "image_size" in cfg.model_overrides["vision"]:
+        d["preprocess"]["image_size"] = cfg.model_overrides["vision"]["image_size"]
+    return MaskCLIP(ModelConfig.from_dict(d))
+
+
+def _wrap(recipe: Recipe, cfg: TrainConfig, info: dist.DistInfo) -> nn.Module:
+    """DDP or FSDP around the recipe (before the optimizer is built: FSDP replaces parameters)."""
+    if info.world_size == 1:
+        return recipe
+    if cfg.distributed == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for tower in (recipe.model.visual, recipe.model.text):
+            for block in tower.transformer.resblocks:
+                fully_shard(block)
+        fully_shard(recipe)
+        return recipe
+    if info.device.type == "cuda":  # SyncBatchNorm (SLIP's head) runs on GPUs only
+        recipe = nn.SyncBatchNorm.convert_sync_batchnorm(recipe)
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(recipe, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+
+
+# --- stopping ----------------------------------------------------------------------------------
+
+class StopSignal(contextlib.AbstractContextManager):
+    """SIGTERM/SIGINT ask for a clean stop (checkpoint, export, exit 0) instead of killing the run."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    return bool(dist.all_reduce_sum(t).item() > 0)
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _save(root: Path, recipe: Recipe, optimizer, scaler, state: RunState, cfg: TrainConfig,
+          info: dist.DistInfo, world_workers: int) -> Path:
+    model_state = get_model_state_dict(recipe, options=_FULL)
+    optim_state = get_optimizer_state_dict(recipe, optimizer, options=_FULL)
+    offsets = dist.all_gather_object(state.offsets)
+    skipped = dist.all_gather_object(state.skipped)
+    folder = None
+    if info.is_main:
+        record = {"step": state.step, "epoch": state.epoch, "epoch_batch": state.epoch_batch, "offsets": offsets,
+                  "skipped": skipped, "nonfinite": state.nonfinite, "nonfinite_in_row": state.nonfinite_in_row,
+                  "world_size": info.world_size, "workers": world_workers,
+                  "scaler": scaler.state_dict() if scaler is not None else None,
+                  "train_config": cfg.to_dict(), "model_config": recipe.model.config.to_dict()}
+        folder = ckpt.save(root, state.step, model_state, optim_state, record, keep=cfg.keep_checkpoints)
+    dist.barrier()
+    return folder or ckpt.checkpoint_dir(root, state.step)
+
+
+def _restore(folder: Path, recipe: Recipe, optimizer, scaler, info: dist.DistInfo, workers: int):
+    """Load a checkpoint into the recipe and optimizer; returns the run state and a note for the log."""
+    model_state, optim_state, saved = ckpt.load(folder)
+    set_model_state_dict(recipe, model_state, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(recipe, optimizer, optim_state, options=StateDictOptions(full_state_dict=True))
+    if scaler is not None and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    state = RunState(step=saved["step"], epoch=saved["epoch"], epoch_batch=saved["epoch_batch"],
+                     skipped=saved["skipped"][info.rank] if info.rank < len(saved["skipped"]) else 0,
+                     nonfinite=saved["nonfinite"], nonfinite_in_row=saved["nonfinite_in_row"])
+    note = f"maskclip train: resumed from {folder} at step {state.step}"
+    if saved["world_size"] == info.world_size and saved["workers"] == workers:
+        state.offsets = saved["offsets"][info.rank]
+    else:
+        note += (f"; the checkpoint was written with {saved['world_size']} ranks x {saved['workers']} workers and "
+                 f"this run has {info.world_size} x {workers}, so epoch {state.epoch} restarts its data from the "
+                 "beginning (the step count and schedule continue)")
+        state.epoch_batch = 0
+    return state, note
+
+
+def export_student(folder: Path, out: Path, format: str = "maskclip") -> Path:
+    """The student model of a training checkpoint -> a folder that ``maskclip.load`` reads."""
+    model_state, saved = ckpt.load_model_state(folder)
+    model = MaskCLIP(ModelConfig.from_dict(saved["model_config"]))
+    prefix = "model."
+    model.load_state_dict({k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}, strict=True)
+    model.save_pretrained(out, format=format)
+    return Path(out)
+
+
+# --- the step ----------------------------------------------------------------------------------
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
+
+
+def _step(wrapped: nn.Module, recipe: Recipe, optimizer, scaler, micro: List[Dict[str, torch.Tensor]],
+          state: RunState, cfg: TrainConfig, plan: Plan, info: dist.DistInfo) -> Optional[Dict[str, float]]:
+    """One optimizer step over ``accum_steps`` micro-batches; None when skipped as non-finite."""
+    lr = lr_at(state.step, plan.total_steps, plan.warmup_steps, cfg.lr, cfg.warmup_start_lr, cfg.min_lr)
+    set_lr(optimizer, lr)
+    terms: Dict[str, float] = {}
+    for i, batch in enumerate(micro):
+        batch = {k: batch[k].to(info.device, non_blocking=True) for k in ("image", "text", "views") if k in batch}
+        generator = torch.Generator().manual_seed(_seed(cfg.seed, "step", state.step, info.rank, i))
+        last = i == len(micro) - 1
+        no_sync = getattr(wrapped, "no_sync", None)
+        with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
+            with _autocast(cfg, info.device):
+                out = wrapped(batch, generator)
+            loss = out["loss"].float() / len(micro)
+            if _any_rank(not bool(torch.isfinite(loss)), info.device):
+                optimizer.zero_grad(set_to_none=True)
+                return None
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        for k, v in out.items():
+            terms[k] = terms.get(k, 0.0) + float(v.detach()) / len(micro)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    params = [p for p in recipe.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    if scaler is None and not bool(torch.isfinite(norm)):
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    extra = recipe.after_step(state.step + 1, plan.total_steps)
+    return {**terms, "lr": lr, "grad_norm": float(norm), **extra}
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, out, resume: bool = False, eval_fn: Optional[EvalFn] = None,
+          stop_after: int = 0) -> Dict[str, Any]:
+    """Train ``cfg`` into the folder ``out``; returns a summary (steps, last losses, paths).
+
+    ``resume=True`` continues from the newest valid checkpoint in ``out``; without it, ``out`` must
+    not hold checkpoints already (nothing a previous run saved is overwritten). ``stop_after`` ends
+    this invocation after that many steps (with a checkpoint), e.g. to fit a job's time limit.
+    """
+    out = Path(out)
+    info = dist.init_distributed()
+    try:
+        return _train(cfg.validate(), out, resume, eval_fn, stop_after, info)
+    finally:
+        dist.cleanup()
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, eval_fn: Optional[EvalFn], stop_after: int,
+           info: dist.DistInfo) -> Dict[str, Any]:
+    root = out / "checkpoints"
+    found = ckpt.latest(root) if resume else None
+    if resume and found is None:
+        raise ConfigError(f"--resume: no complete checkpoint in {root}")
+    if not resume and ckpt.checkpoints(root):
+        raise ConfigError(f"{out} already holds checkpoints of a run: pass --resume to continue it, or choose a new "
+                          "output folder (maskclip never overwrites a previous run)")
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    recipe = build_recipe(build_model(cfg), cfg).to(info.device)
+    recipe.model.set_grad_checkpointing(cfg.grad_checkpointing)
+    source = open_source(cfg.data, cfg.csv_image_key, cfg.csv_caption_key)
+    plan = Plan.of(cfg, source, info.world_size)
+    wrapped = _wrap(recipe, cfg, info)
+    recipe = wrapped.module if hasattr(wrapped, "module") else wrapped
+    optimizer = build_optimizer(recipe, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
+    scaler = torch.amp.GradScaler(info.device.type) if cfg.precision == "fp16" else None
+    workers = max(cfg.workers, 1)
+    state, note = RunState(), None
+    if found is not None:
+        state, note = _restore(found, recipe, optimizer, scaler, info, workers)
+    log = MetricsLog(out / "metrics.jsonl", info.is_main, cfg.tensorboard, cfg.progress, plan.total_steps,
+                     start_step=state.step)
+    if note:
+        log.message(note)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.to_json(out / "config.json")
+    if not state.offsets:
+        state.offsets = [0] * workers
+    spec = StreamSpec(plan.local_batch, plan.steps_per_epoch * cfg.accum_steps, cfg.seed, info.rank,
+                      info.world_size, recipe.extra_views, recipe.model.config.text.context_length)
+    stream = TrainStream(source, spec, recipe.model.config.preprocess, cfg.crop_scale, cfg.slip.crop_scale)
+    recipe.train()
+    summary = _run(wrapped, recipe, optimizer, scaler, stream, state, cfg, plan, info, log, root, eval_fn,
+                   stop_after, workers)
+    return {**summary, "out": str(out)}
+
+
+def _run(wrapped, recipe, optimizer, scaler, stream, state: RunState, cfg: TrainConfig, plan: Plan,
+         info: dist.DistInfo, log: MetricsLog, root: Path, eval_fn, stop_after: int, workers: int):
+    started_at, window, window_t0, window_steps = state.step, {}, time.perf_counter(), 0
+    reason = "finished"
+    batches_per_epoch = plan.steps_per_epoch * cfg.accum_steps
+    with StopSignal() as stop:
+        while state.step < plan.total_steps and reason == "finished":
+            fresh_epoch = state.epoch_batch == 0
+            stream.set_position(state.epoch, state.epoch_batch, None if fresh_epoch else state.offsets)
+            if fresh_epoch:
+                state.offsets = [0] * workers
+            batches = iter(make_loader(stream, cfg.workers, pin_memory=info.device.type == "cuda"))
+            while state.epoch_batch < batches_per_epoch and state.step < plan.total_steps:
+                micro = [next(batches) for _ in range(cfg.accum_steps)]
+                for b in micro:
+                    state.offsets[int(b["slot"])] = int(b["consumed"])
+                    state.skipped += int(b["skipped"])
+                state.epoch_batch += cfg.accum_steps
+                result = _step(wrapped, recipe, optimizer, scaler, micro, state, cfg, plan, info)
+                if result is None:
+                    state.nonfinite += 1
+                    state.nonfinite_in_row += 1
+                    log.message(f"maskclip train: step {state.step}: non-finite loss or gradient, step skipped "
+                                f"({state.nonfinite_in_row} in a row, {state.nonfinite} in all)")
+                    if state.nonfinite_in_row >= cfg.max_nonfinite:
+                        folder = _save(root, recipe, optimizer, scaler, state, cfg, info, workers)
+                        log.close()
+                        raise TrainingAborted(
+                            f"{state.nonfinite_in_row} non-finite losses in a row at step {state.step}; stopped. The "
+                            f"last good state is saved in {folder}: lower the learning rate, use fp32 or bf16, or "
+                            "set grad_clip, then resume")
+                    continue
+                state.step += 1
+                state.nonfinite_in_row = 0
+                window_steps += 1
+                for k, v in result.items():
+                    window[k] = window.get(k, 0.0) + v
+                log.advance()
+                if state.step % cfg.log_every == 0 or state.step == plan.total_steps:
+                    _log(log, window, window_steps, window_t0, state, cfg, info)
+                    window, window_t0, window_steps = {}, time.perf_counter(), 0
+                if eval_fn is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
+                    _evaluate(eval_fn, recipe, log, state.step, info)
+                if _any_rank(stop.requested, info.device):
+                    reason = "signal"
+                elif stop_after and state.step - started_at >= stop_after:
+                    reason = "stop_after"
+                if reason != "finished" or state.step == plan.total_steps or state.step % cfg.ckpt_every == 0:
+                    _save(root, recipe, optimizer, scaler, state, cfg, info, workers)
+                if reason != "finished":
+                    break
+            if state.epoch_batch >= batches_per_epoch:
+                state.epoch += 1
+                state.epoch_batch = 0
+            del batches
+    folder = ckpt.checkpoint_dir(root, state.step)
+    model_dir = None
+    if state.step == plan.total_steps:
+        model_dir = root.parent / "model"
+        if info.is_main:
+            export_student(folder, model_dir)
+        dist.barrier()
+    log.message(f"maskclip train: {reason} at step {state.step}/{plan.total_steps}; checkpoint {folder}"
+                + (f"; model {model_dir}" if model_dir else ""))
+    log.close()
+    return {"steps": state.step, "total_steps": plan.total_steps, "stopped": reason,
+            "checkpoint": str(folder), "model": str(model_dir) if model_dir else None,
+            "skipped": state.skipped, "nonfinite": state.nonfinite}
+
+
+def _log(log: MetricsLog, window: Dict[str, float], steps: int, t0: float, state: RunState, cfg: TrainConfig,
+         info: dist.DistInfo) -> None:
+    skipped = int(dist.all_reduce_sum(torch.tensor([float(state.skipped)], device=info.device)).item())
+    seconds = time.perf_counter() - t0
+    record = {"step": state.step, "epoch": state.epoch, **{k: v / max(steps, 1) for k, v in window.items()},
+              "samples_per_s": steps * cfg.batch_size / max(seconds, 1e-9), "skipped_samples": skipped,
+              "nonfinite_steps": state.nonfinite, "time": time.time()}
+    log.log(record)
+
+
+def _evaluate(eval_fn: EvalFn, recipe: Recipe, log: MetricsLog, step: int, info: dist.DistInfo) -> None:
+    if info.is_main:
+        model = recipe.model
+        model.eval()
+        with torch.no_grad():
+            results = eval_fn(model)
+        model.train()
+        log.log({"step": step, **{f"eval/{k}": v for k, v in results.items()}})
+    dist.barrier()
