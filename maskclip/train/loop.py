@@ -297,13 +297,13 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, eval_fn: Optional[EvalFn],
     state, note = RunState(), None
     if found is not None:
         state, note = _restore(found, recipe, optimizer, scaler, info, workers)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.to_json(out / "config.json")
     log = MetricsLog(out / "metrics.jsonl", info.is_main, cfg.tensorboard, cfg.progress, plan.total_steps,
                      start_step=state.step)
     if note:
         log.message(note)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.to_json(out / "config.json")
     if not state.offsets:
         state.offsets = [0] * workers
     spec = StreamSpec(plan.local_batch, plan.steps_per_epoch * cfg.accum_steps, cfg.seed, info.rank,
