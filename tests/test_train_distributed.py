@@ -36,7 +36,8 @@ def global_data():
     txt = r(n, 6)
     near = torch.tensor([1, 1, 2, 3, 4, 6, 6, 7])  # images 0 and 5 sit next to another image's caption
     return {
-        "img": F.normalize(r(n, 6), dim=-1), "txt": F.normalize(txt, dim=-1), "scale": torch.tensor(5.0, dtype=torch.float64),
+        "img": F.normalize(r(n, 6), dim=-1), "txt": F.normalize(txt, dim=-1),
+        "scale": torch.tensor(5.0, dtype=torch.float64),
         "z1": r(n, 5), "z2": r(n, 5),
         "pred": r(n, 3, 6), "target": r(n, 3, 6), "mask": r(n, 3) > -0.3,
         "rils_img": txt[near] + 0.05 * r(n, 6), "rils_txt": txt,
@@ -176,7 +177,8 @@ def test_gather_refuses_unequal_batch_sizes_on_every_rank(ranks):
 @pytest.mark.parametrize("flags", [(True, True), (True, False)])
 def test_contrastive_with_gradient_gather_equals_one_process_on_the_global_batch(ranks, flags):
     d = global_data()
-    (loss, g_img, g_txt, g_scale), single_metrics = feature_grads(ContrastiveLoss(*flags), d["img"], d["txt"], d["scale"])
+    single, single_metrics = feature_grads(ContrastiveLoss(*flags), d["img"], d["txt"], d["scale"])
+    loss, g_img, g_txt, g_scale = single
     per_rank = [out["features", flags] for out in ranks]
     assert_close(sum(res[0][0] for res in per_rank) / WORLD, loss, 1e-12)
     for r, ((_, r_img, r_txt, r_scale), _) in enumerate(per_rank):
@@ -192,8 +194,8 @@ def test_contrastive_ddp_parameter_gradients_equal_one_process_on_the_global_bat
     single = parameter_grads(ContrastiveLoss(*flags), TinyDualEncoder(), d["x"], d["t"])
     for out in ranks:
         assert out["ddp", flags].keys() == single.keys()
-        for name, grad in single.items():
-            assert_close(out["ddp", flags][name], grad, 1e-6)
+        for name, grad in single.items():  # fp32: 1e-6 relative to the largest entry (logit scale's is ~8)
+            assert_close(out["ddp", flags][name], grad, 1e-6 * max(1.0, grad.abs().max().item()))
 
 
 def test_contrastive_without_gradient_gather_does_not_give_one_process_gradients(ranks):
@@ -207,7 +209,8 @@ def test_contrastive_without_gradient_gather_does_not_give_one_process_gradients
     assert max((local_rows[k] - single[k]).abs().max().item() for k in single) > 1e-3
     full = ranks[0]["ddp", (False, False)]
     for name, grad in single.items():
-        assert_close(full[name] * (1 if name == "logit_scale" else WORLD), grad, 1e-6)
+        scale = 1 if name == "logit_scale" else WORLD
+        assert_close(full[name] * scale, grad, 1e-6 * max(1.0, grad.abs().max().item()))
     loss = feature_grads(ContrastiveLoss(), d["img"], d["txt"], d["scale"])[0][0]
     assert_close(sum(out["features", (False, True)][0][0] for out in ranks) / WORLD, loss, 1e-12)
 
