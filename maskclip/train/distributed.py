@@ -44,8 +44,8 @@ def world_size() -> int:
 
 
 def _env_int(name: str) -> int:
-    value = os.environ.get(name)
-    if value is None or not value.strip().lstrip("-").isdigit():
+    value = os.environ.get(name, "")
+    if not value.strip().isdigit():
         raise InputError(f"{name} must be set to an integer by the launcher (torchrun sets RANK, WORLD_SIZE, "
                          f"LOCAL_RANK, MASTER_ADDR, MASTER_PORT); got {value!r}")
     return int(value)
