@@ -1,0 +1,174 @@
+"""Process-group setup for torchrun, and the collectives the losses need (gather, reductions).
+
+Every helper also works without a process group (a plain single-process run), where it is the identity
+or returns rank 0 / world size 1, so the training code has one path for one process and for many.
+"""
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..errors import InputError
+
+_MAX_GATHER_DIMS = 7  # size of the fixed-length shape record the ranks exchange before a gather
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits in the job: its global rank, the number of processes, its local rank
+    on the machine, and the device it computes on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def _env_int(name: str) -> int:
+    value = os.environ.get(name, "")
+    if not value.strip().isdigit():
+        raise InputError(f"{name} must be set to an integer by the launcher (torchrun sets RANK, WORLD_SIZE, "
+                         f"LOCAL_RANK, MASTER_ADDR, MASTER_PORT); got {value!r}")
+    return int(value)
+
+
+def init_distributed(backend: Optional[str] = None) -> DistInfo:
+    """Join the process group torchrun describes in the environment, or run as a single process.
+
+    With ``WORLD_SIZE`` > 1 the group is created (unless one exists) with ``backend``, by default nccl
+    when CUDA is available and gloo otherwise, and each process takes the GPU of its local rank.
+    Without ``WORLD_SIZE`` (or with 1) no group is created: rank 0 of 1 on cuda:0 or the CPU.
+    """
+    size = _env_int("WORLD_SIZE") if "WORLD_SIZE" in os.environ else 1
+    if size <= 1 and not is_initialized():
+        device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        return DistInfo(0, 1, 0, device)
+    global_rank, local_rank = _env_int("RANK"), _env_int("LOCAL_RANK")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend=backend, rank=global_rank, world_size=size)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def cleanup() -> None:
+    """Destroy the process group, if there is one."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def _check_same_shape(x: Tensor) -> None:
+    """Raise on every rank (so none hangs) unless all ranks hold tensors of one shape."""
+    if x.dim() > _MAX_GATHER_DIMS:
+        raise InputError(f"gather supports tensors of at most {_MAX_GATHER_DIMS} dims; got shape {tuple(x.shape)}")
+    record = torch.full((_MAX_GATHER_DIMS + 1,), -1, dtype=torch.long, device=x.device)
+    record[0] = x.dim()
+    record[1:x.dim() + 1] = torch.tensor(x.shape, dtype=torch.long)
+    records = [torch.empty_like(record) for _ in range(world_size())]
+    dist.all_gather(records, record)
+    shapes = [tuple(r[1:r[0] + 1].tolist()) for r in records]
+    if len(set(shapes)) > 1:
+        raise InputError(f"gather needs the same shape on every rank (equal per-rank batch sizes; drop the "
+                         f"last incomplete batch); got shapes by rank {shapes}")
+
+
+def _all_gather_list(x: Tensor) -> list:
+    chunks = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(chunks, x.contiguous())
+    return chunks
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward hands each rank the sum, over all ranks' losses, of the gradient
+    w.r.t. its own chunk. The sum is an all-reduce of the (small) feature gradient, then a slice:
+    one code path for every backend (gloo has no reduce-scatter), and feature gradients are tiny
+    next to the parameter gradients DDP reduces in the same step."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.batch = x.shape[0]
+        return torch.cat(_all_gather_list(x), dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = rank() * ctx.batch
+        return grad[start:start + ctx.batch]
+
+
+def gather(x: Tensor, with_grad: bool = True) -> Tensor:
+    """Concatenate ``x`` [B, ...] from all ranks in rank order -> [world_size * B, ...].
+
+    ``with_grad=True``: differentiable; every rank's loss sends gradient to the rank that owns the row,
+    so with DDP's averaging the gradients equal a single process on the global batch.
+    ``with_grad=False``: the other ranks' rows are constants and only the local chunk (``x`` itself)
+    carries gradient. Without a process group this is the identity.
+    """
+    if world_size() == 1:
+        return x
+    _check_same_shape(x)
+    if with_grad:
+        return _GatherWithGrad.apply(x)
+    chunks = _all_gather_list(x.detach())
+    chunks[rank()] = x
+    return torch.cat(chunks, dim=0)
+
+
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """Sum of ``x`` over ranks, as a new detached tensor (for statistics and metrics, not for loss)."""
+    out = x.detach().clone()
+    if world_size() > 1:
+        dist.all_reduce(out)
+    return out
+
+
+def all_reduce_mean(x: Tensor) -> Tensor:
+    """Mean of ``x`` over ranks, as a new detached tensor (for statistics and metrics, not for loss)."""
+    return all_reduce_sum(x) / world_size()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (any picklable object)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: Any) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects); ``[obj]`` without a process group."""
+    if not is_initialized():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

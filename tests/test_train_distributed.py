@@ -1,0 +1,251 @@
+"""Two gloo processes on CPU against one process on the same global batch: the distributed helpers,
+and the losses that gather across ranks (values, feature gradients, DDP parameter gradients).
+
+One module-scoped fixture spawns the two ranks once; each rank records its results to a file, and the
+tests compare them with single-process references computed here.
+"""
+import math
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from maskclip.errors import InputError
+from maskclip.train import distributed
+from maskclip.train.losses import ContrastiveLoss, NTXentLoss, RILSLoss, SoftDistillLoss
+
+WORLD, BATCH = 2, 4  # per-rank batch; the global batch is WORLD * BATCH
+CONTRASTIVE = [(True, True), (True, False), (False, True), (False, False)]  # (gather_with_grad, local_loss)
+SOFT_ROWS = {"uneven": (3, 5), "one_empty": (0, 4)}  # masked patches per rank, SoftDistillLoss center
+
+
+def global_data():
+    """The same global batch on every process (fp64 features for the loss checks)."""
+    g = torch.Generator().manual_seed(0)
+    n = WORLD * BATCH
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    txt = r(n, 6)
+    near = torch.tensor([1, 1, 2, 3, 4, 6, 6, 7])  # images 0 and 5 sit next to another image's caption
+    return {
+        "img": F.normalize(r(n, 6), dim=-1), "txt": F.normalize(txt, dim=-1),
+        "scale": torch.tensor(5.0, dtype=torch.float64),
+        "z1": r(n, 5), "z2": r(n, 5),
+        "pred": r(n, 3, 6), "target": r(n, 3, 6), "mask": r(n, 3) > -0.3,
+        "rils_img": txt[near] + 0.05 * r(n, 6), "rils_txt": txt,
+        "teacher": r(sum(SOFT_ROWS["uneven"]), 7),
+        "x": r(n, 7).float(), "t": r(n, 5).float(),
+    }
+
+
+class TinyDualEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.image = nn.Linear(7, 6)
+        self.text = nn.Linear(5, 6)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def forward(self, x, t):
+        return F.normalize(self.image(x), dim=-1), F.normalize(self.text(t), dim=-1), self.logit_scale.exp()
+
+
+def local(x, rank):
+    return x[rank * BATCH:(rank + 1) * BATCH]
+
+
+def feature_grads(loss_fn, img, txt, scale):
+    img, txt, scale = (v.clone().requires_grad_() for v in (img, txt, scale))
+    loss, metrics = loss_fn(img, txt, scale)
+    return (loss.detach(), *torch.autograd.grad(loss, [img, txt, scale])), metrics
+
+
+def parameter_grads(loss_fn, model, x, t):
+    loss, _ = loss_fn(*model(x, t))
+    loss.backward()
+    plain = model.module if isinstance(model, DistributedDataParallel) else model
+    return {name: p.grad.clone() for name, p in plain.named_parameters()}
+
+
+def soft_center(rows):
+    loss_fn = SoftDistillLoss(num_prototypes=7).double()
+    return loss_fn(torch.zeros_like(rows), rows)[0], loss_fn.center
+
+
+def rank_results(rank):
+    d, out = global_data(), {}
+    info = distributed.init_distributed()
+    out["info"] = (info.rank, info.world_size, info.local_rank, str(info.device), info.is_main,
+                   distributed.rank(), distributed.world_size())
+    out["sum"] = distributed.all_reduce_sum(torch.tensor([rank + 1.0]))
+    out["mean"] = distributed.all_reduce_mean(torch.tensor([rank + 1.0]))
+    out["broadcast"] = distributed.broadcast_object({"from": rank})
+    for flags in CONTRASTIVE:
+        loss_fn = ContrastiveLoss(*flags)
+        out["features", flags] = feature_grads(loss_fn, local(d["img"], rank), local(d["txt"], rank), d["scale"])
+        model = DistributedDataParallel(TinyDualEncoder())
+        out["ddp", flags] = parameter_grads(loss_fn, model, local(d["x"], rank), local(d["t"], rank))
+    z1, z2 = (local(d[k], rank).clone().requires_grad_() for k in ("z1", "z2"))
+    loss, _ = NTXentLoss(temperature=0.2)(z1, z2)
+    out["ntxent"] = (loss.detach(), *torch.autograd.grad(loss, [z1, z2]))
+    loss, metrics = RILSLoss()(*(local(d[k], rank) for k in ("pred", "target", "mask", "rils_img", "rils_txt")))
+    out["rils"] = (loss, metrics)
+    for case, counts in SOFT_ROWS.items():
+        start = sum(counts[:rank])
+        out["soft", case] = soft_center(d["teacher"][start:start + counts[rank]])
+    try:
+        distributed.gather(torch.zeros(3 + rank, 2))
+    except InputError as err:
+        out["unequal"] = str(err)
+    return out
+
+
+def worker(rank, port, out_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        torch.save(rank_results(rank), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        distributed.cleanup()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out_dir = str(tmp_path_factory.mktemp("ranks"))
+    context = mp.start_processes(worker, args=(free_port(), out_dir), nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + 180
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.terminate()
+            pytest.fail("the 2-process gloo run did not finish in 180 s")
+    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+
+
+def assert_close(a, b, tol):
+    assert (a - b).abs().max().item() < tol, (a, b)
+
+
+# --- the helpers -------------------------------------------------------------------------------
+
+def test_init_distributed_reads_torchrun_env_and_helpers_reduce_across_ranks(ranks):
+    for r, out in enumerate(ranks):
+        assert out["info"] == (r, WORLD, r, "cpu", r == 0, r, WORLD)
+        assert out["sum"].item() == 3.0 and out["mean"].item() == 1.5 and out["broadcast"] == {"from": 0}
+
+
+def test_without_process_group_everything_is_single_process(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    info = distributed.init_distributed()
+    assert (info.rank, info.world_size, info.local_rank, info.is_main) == (0, 1, 0, True)
+    x = torch.randn(3, 2, requires_grad=True)
+    assert distributed.gather(x) is x and distributed.gather(x, with_grad=False) is x
+    assert torch.equal(distributed.all_reduce_mean(x), x) and not distributed.all_reduce_sum(x).requires_grad
+    assert distributed.broadcast_object([1]) == [1] and (distributed.rank(), distributed.world_size()) == (0, 1)
+
+
+def test_init_distributed_explains_an_incomplete_launcher_environment(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(InputError, match="RANK must be set"):
+        distributed.init_distributed()
+
+
+def test_gather_refuses_unequal_batch_sizes_on_every_rank(ranks):
+    for out in ranks:
+        assert "same shape on every rank" in out["unequal"] and "[(3, 2), (4, 2)]" in out["unequal"]
+
+
+# --- contrastive -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags", [(True, True), (True, False)])
+def test_contrastive_with_gradient_gather_equals_one_process_on_the_global_batch(ranks, flags):
+    d = global_data()
+    single, single_metrics = feature_grads(ContrastiveLoss(*flags), d["img"], d["txt"], d["scale"])
+    loss, g_img, g_txt, g_scale = single
+    per_rank = [out["features", flags] for out in ranks]
+    assert_close(sum(res[0][0] for res in per_rank) / WORLD, loss, 1e-12)
+    for r, ((_, r_img, r_txt, r_scale), _) in enumerate(per_rank):
+        assert_close(r_img / WORLD, local(g_img, r), 1e-12)
+        assert_close(r_txt / WORLD, local(g_txt, r), 1e-12)
+    assert_close(sum(res[0][3] for res in per_rank) / WORLD, g_scale, 1e-12)
+    assert_close(sum(res[1]["acc_i2t"] for res in per_rank) / WORLD, single_metrics["acc_i2t"], 1e-12)
+
+
+@pytest.mark.parametrize("flags", [(True, True), (True, False)])
+def test_contrastive_ddp_parameter_gradients_equal_one_process_on_the_global_batch(ranks, flags):
+    d = global_data()
+    single = parameter_grads(ContrastiveLoss(*flags), TinyDualEncoder(), d["x"], d["t"])
+    for out in ranks:
+        assert out["ddp", flags].keys() == single.keys()
+        for name, grad in single.items():  # fp32: 1e-6 relative to the largest entry (logit scale's is ~8)
+            assert_close(out["ddp", flags][name], grad, 1e-6 * max(1.0, grad.abs().max().item()))
+
+
+def test_contrastive_without_gradient_gather_does_not_give_one_process_gradients(ranks):
+    """SLIP's choice (other ranks' features as constants) drops the cross-rank terms of the gradient:
+    with local rows it differs from the global-batch gradient; with full logits every rank computes the
+    whole loss but only its own rows get gradient, so after DDP's averaging the encoders' gradients are
+    1/WORLD of the global-batch ones while the logit scale's (used whole on every rank) is exact."""
+    d = global_data()
+    single = parameter_grads(ContrastiveLoss(), TinyDualEncoder(), d["x"], d["t"])
+    local_rows = ranks[0]["ddp", (False, True)]
+    assert max((local_rows[k] - single[k]).abs().max().item() for k in single) > 1e-3
+    full = ranks[0]["ddp", (False, False)]
+    for name, grad in single.items():
+        scale = 1 if name == "logit_scale" else WORLD
+        assert_close(full[name] * scale, grad, 1e-6 * max(1.0, grad.abs().max().item()))
+    loss = feature_grads(ContrastiveLoss(), d["img"], d["txt"], d["scale"])[0][0]
+    assert_close(sum(out["features", (False, True)][0][0] for out in ranks) / WORLD, loss, 1e-12)
+
+
+# --- NT-Xent, RILS, soft distillation ------------------------------------------------------------
+
+def test_ntxent_in_two_processes_equals_one_process(ranks):
+    d = global_data()
+    z1, z2 = d["z1"].clone().requires_grad_(), d["z2"].clone().requires_grad_()
+    loss, _ = NTXentLoss(temperature=0.2)(z1, z2)
+    g1, g2 = torch.autograd.grad(loss, [z1, z2])
+    assert_close(sum(out["ntxent"][0] for out in ranks) / WORLD, loss, 1e-12)
+    for r, out in enumerate(ranks):
+        assert_close(out["ntxent"][1] / WORLD, local(g1, r), 1e-12)
+        assert_close(out["ntxent"][2] / WORLD, local(g2, r), 1e-12)
+
+
+def test_rils_in_two_processes_retrieves_against_the_global_batch_like_one_process(ranks):
+    d = global_data()
+    loss, metrics = RILSLoss()(*(d[k] for k in ("pred", "target", "mask", "rils_img", "rils_txt")))
+    assert metrics["frac_correct"].item() == 0.75  # images 0 and 5 retrieve a neighbour's caption
+    counts = [out["rils"][1]["num_patches"] for out in ranks]
+    assert sum(counts).item() == metrics["num_patches"].item()
+    assert sum(out["rils"][1]["frac_correct"] for out in ranks).item() / WORLD == 0.75
+    # Each rank averages over its own patches; weighting by their counts recovers the global average.
+    counts = [c.double() for c in counts]
+    summed = sum(out["rils"][0] * (c + 1e-6) for out, c in zip(ranks, counts))
+    assert_close(summed / (sum(counts) + 1e-6), loss, 1e-12)
+
+
+@pytest.mark.parametrize("case", list(SOFT_ROWS))
+def test_soft_distill_center_update_uses_the_global_batch(ranks, case):
+    rows = global_data()["teacher"][:sum(SOFT_ROWS[case])]
+    _, center = soft_center(rows)
+    for out in ranks:
+        loss, rank_center = out["soft", case]
+        assert math.isfinite(loss.item())
+        assert_close(rank_center, center, 1e-12)
