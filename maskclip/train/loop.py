@@ -115,7 +115,9 @@ def _wrap(recipe: Recipe, cfg: TrainConfig, info: dist.DistInfo) -> nn.Module:
         for tower in (recipe.model.visual, recipe.model.text):
             for block in tower.transformer.resblocks:
                 fully_shard(block)
-        fully_shard(recipe)
+        # FSDP cannot shard 0-dim parameters (the logit scale, a scalar in every CLIP checkpoint):
+        # they stay replicated and _step averages their gradients across ranks itself.
+        fully_shard(recipe, ignored_params={p for p in recipe.parameters() if p.ndim == 0})
         return recipe
     if info.device.type == "cuda":  # SyncBatchNorm (SLIP's head) runs on GPUs only
         recipe = nn.SyncBatchNorm.convert_sync_batchnorm(recipe)
@@ -238,6 +240,10 @@ def _step(wrapped: nn.Module, recipe: Recipe, optimizer, scaler, micro: List[Dic
             (scaler.scale(loss) if scaler is not None else loss).backward()
         for k, v in out.items():
             terms[k] = terms.get(k, 0.0) + float(v.detach()) / len(micro)
+    if cfg.distributed == "fsdp" and info.world_size > 1:
+        for p in recipe.parameters():
+            if p.ndim == 0 and p.grad is not None:
+                p.grad.copy_(dist.all_reduce_mean(p.grad))
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for p in recipe.parameters() if p.requires_grad]
