@@ -7,7 +7,6 @@ or weights file, or ``hf-hub:org/repo[@revision]``. Hub files go through
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 from functools import lru_cache
@@ -102,18 +101,10 @@ def _verify_sha256(path: Path, expected: Optional[str], name: str) -> None:
         return
     real = Path(os.path.realpath(path))
     # The Hub cache stores LFS files under their sha256: no need to re-hash what the name proves.
-    digest = real.name if len(real.name) == 64 and real.parent.name == "blobs" else _sha256(real)
+    digest = real.name if len(real.name) == 64 and real.parent.name == "blobs" else io.sha256_file(real)
     if digest != expected:
         raise WeightsError(f"sha256 mismatch for {name} ({path}): expected {expected}, got {digest}. "
                            "The file is corrupt or not the registered one; delete it and download again")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _hub_folder(repo: str, revision: Optional[str], cache_dir, files: Optional[Tuple[str, ...]] = None) -> Path:

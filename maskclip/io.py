@@ -12,6 +12,7 @@ for, and then read with ``torch.load(weights_only=True)``. Writes are atomic per
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Dict, Tuple
@@ -45,6 +46,15 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object; got {type(data).__name__}")
     return data
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_safetensors(path: Path) -> StateDict:

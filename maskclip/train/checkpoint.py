@@ -14,7 +14,6 @@ previous ones stay). ``latest`` returns the newest folder whose manifest checks 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -29,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import fsync_dir
 from ..errors import WeightsError
+from ..io import sha256_file
 
 FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
 _NAME = re.compile(r"^step_(\d{8})$")
@@ -54,7 +54,7 @@ def save(root: Path, step: int, model_state: Dict[str, torch.Tensor], optim_stat
         (tmp / "state.json").write_text(json.dumps(full_state, indent=1), encoding="utf-8")
         for name in FILES:
             _fsync(tmp / name)
-        manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in FILES}
+        manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)} for name in FILES}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         _fsync(tmp / "manifest.json")
         fsync_dir(tmp)
@@ -79,7 +79,7 @@ def is_valid(folder: Path) -> bool:
     try:
         manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
         return set(manifest) == set(FILES) and all(
-            (Path(folder) / name).stat().st_size == info["bytes"] and _sha256(Path(folder) / name) == info["sha256"]
+            (Path(folder) / name).stat().st_size == info["bytes"] and sha256_file(Path(folder) / name) == info["sha256"]
             for name, info in manifest.items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -101,13 +101,8 @@ def latest(root: Path) -> Optional[Path]:
 
 def load(folder: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Dict[str, Any]]:
     """A checkpoint folder -> (model state, optimizer state, training state); restores the RNG states."""
-    folder = Path(folder)
-    if not is_valid(folder):
-        raise WeightsError(f"{folder} is not a complete checkpoint (its manifest is missing or does not match "
-                           "its files); pick another with maskclip.train.checkpoint.latest")
-    model_state = load_file(str(folder / "model.safetensors"))
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    model_state, state = load_model_state(folder)
+    tensors = load_file(str(Path(folder) / "optimizer.safetensors"))
     optim_state = _unflatten_optimizer(tensors, state.pop("optimizer"))
     _restore_rng(tensors, state.pop("python_rng"))
     return model_state, optim_state, state
@@ -188,11 +183,3 @@ def _contiguous(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
