@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -52,9 +53,14 @@ class VisionConfig:
                 f"vision image_size must be a multiple of patch_size; got image_size={self.image_size}, "
                 f"patch_size={self.patch_size}"
             )
+        _real(self, "mlp_ratio", "norm_eps")
+        _flags(self, "ln_pre", "patch_bias")
+        _hidden(self.width, self.mlp_ratio, "vision")
         _choice("vision act", self.act, ACTIVATIONS)
         _choice("vision pool", self.pool, ("token", "mean"))
         _choice("vision pos_embed", self.pos_embed, ("learned", "sincos"))
+        if self.pos_embed == "sincos" and self.width % 4:
+            raise ConfigError(f"vision pos_embed 'sincos' needs a width divisible by 4; got width={self.width}")
 
 
 @dataclass
@@ -73,6 +79,8 @@ class TextConfig:
     def validate(self) -> None:
         _positive(self, "context_length", "vocab_size", "width", "layers", "heads")
         _divides(self.width, self.heads, "text width", "text heads")
+        _real(self, "mlp_ratio", "norm_eps")
+        _hidden(self.width, self.mlp_ratio, "text")
         _choice("text act", self.act, ACTIVATIONS)
 
 
@@ -90,8 +98,8 @@ class PreprocessConfig:
         _positive(self, "image_size")
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if len(value) != 3:
-                raise ConfigError(f"preprocess {name} needs 3 values (R, G, B); got {list(value)}")
+            if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(map(_is_real, value)):
+                raise ConfigError(f"preprocess {name} needs 3 values (R, G, B), each a finite number; got {value!r}")
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"preprocess std must be positive; got {list(self.std)}")
         _choice("preprocess interpolation", self.interpolation, ("bicubic", "bilinear", "nearest"))
@@ -111,6 +119,10 @@ class ModelConfig:
 
     def validate(self) -> "ModelConfig":
         _positive(self, "embed_dim")
+        if not _is_real(self.logit_scale_init, positive=False):
+            raise ConfigError(f"logit_scale_init must be a finite number; got {self.logit_scale_init!r}")
+        if self.name is not None and not isinstance(self.name, str):
+            raise ConfigError(f"name must be a string or null; got {self.name!r}")
         self.vision.validate()
         self.text.validate()
         self.preprocess.validate()
@@ -144,7 +156,8 @@ class ModelConfig:
             "preprocess": _build(PreprocessConfig, d.pop("preprocess", {}), "preprocess"),
         }
         pp = parts["preprocess"]
-        pp.mean, pp.std = tuple(pp.mean), tuple(pp.std)
+        if isinstance(pp.mean, list) and isinstance(pp.std, list):  # JSON arrays; anything else fails validate()
+            pp.mean, pp.std = tuple(pp.mean), tuple(pp.std)
         cfg = _build(cls, d, "model", **parts)
         return cfg.validate()
 
@@ -155,8 +168,8 @@ class ModelConfig:
     def from_json(cls, path) -> "ModelConfig":
         try:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ConfigError(f"{path} is not valid JSON: {type(e).__name__}: {e}") from None
         return cls.from_dict(d)
 
 
@@ -178,6 +191,32 @@ def _positive(obj, *names):
         value = getattr(obj, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{type(obj).__name__}.{name} must be a positive integer; got {value!r}")
+
+
+def _is_real(value, positive: bool = True) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > 0 or not positive
+
+
+def _real(obj, *names):
+    for name in names:
+        value = getattr(obj, name)
+        if not _is_real(value):
+            raise ConfigError(f"{type(obj).__name__}.{name} must be a positive finite number; got {value!r}")
+
+
+def _flags(obj, *names):
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{type(obj).__name__}.{name} must be true or false; got {value!r}")
+
+
+def _hidden(width, mlp_ratio, tower):
+    hidden = width * mlp_ratio
+    if not math.isfinite(hidden) or int(hidden) < 1:
+        raise ConfigError(f"{tower} MLP width int(width * mlp_ratio) = int({width} * {mlp_ratio}) must be at least 1")
 
 
 def _divides(width, heads, wname, hname):

@@ -320,11 +320,16 @@ def _transformers_rules(arch: _Arch) -> List[_Rule]:
 
 def _count_layers(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
     """Number of blocks ``prefix{i}.*`` in ``sd``; they must be numbered 0 .. n-1."""
+    # ASCII digits only: str.isdigit() accepts "²", which int() refuses.
     found = {int(k[len(prefix):].split(".", 1)[0]) for k in sd
-             if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0].isdigit()}
+             if k.startswith(prefix) and _is_index(k[len(prefix):].split(".", 1)[0])}
     if found != set(range(len(found))):
         raise WeightsError(f"blocks under {prefix!r} are numbered {sorted(found)}; expected 0 .. {len(found) - 1}")
     return len(found)
+
+
+def _is_index(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 _DROP_ALWAYS = ("attn_mask", "*.attn_mask", "*position_ids", "input_resolution", "context_length", "vocab_size")

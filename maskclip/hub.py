@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from dataclasses import replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -16,9 +17,9 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from . import io
+from . import convert, io
 from .config import ModelConfig
-from .errors import InputTypeError, ModelNotFoundError, WeightsError, WeightsUnavailableError
+from .errors import ConfigError, InputTypeError, ModelNotFoundError, WeightsError, WeightsUnavailableError
 from .model import MaskCLIP
 
 HUB_PREFIX = "hf-hub:"
@@ -44,13 +45,23 @@ def model_info(name: str) -> dict:
 def _entry(name: str) -> dict:
     reg = registry()
     if name not in reg:
-        close = difflib.get_close_matches(name, list(reg), n=3, cutoff=0.5)
+        shown = name if len(name) <= 100 else name[:100] + "..."
+        close = _close_names(name, list(reg))
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ModelNotFoundError(
-            f"unknown model {name!r}: not a registered name, an existing path, or 'hf-hub:org/repo'.{hint} "
+            f"unknown model {shown!r}: not a registered name, an existing path, or 'hf-hub:org/repo'.{hint} "
             f"Registered: {', '.join(sorted(reg))}"
         )
     return reg[name]
+
+
+def _close_names(name: str, names: List[str]) -> List[str]:
+    """Up to 3 registered names closest to ``name``, ignoring case and ``_`` / ``-`` / space."""
+    def key(s: str) -> str:
+        return s.lower().replace("_", "-").replace(" ", "-")
+
+    by_key = {key(n): n for n in names}
+    return [by_key[k] for k in difflib.get_close_matches(key(name), list(by_key), n=3, cutoff=0.5)]
 
 
 # --- Hub downloads -------------------------------------------------------------------------
@@ -82,6 +93,9 @@ def hub_file(repo: str, filename: str, revision: Optional[str] = None, cache_dir
                                  f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
     except (e.HfHubHTTPError, e.OfflineModeIsEnabled, OSError) as err:
         raise ModelNotFoundError(f"cannot download {filename} from {repo!r}: {str(err).splitlines()[0]}") from None
+    except e.HFValidationError as err:
+        raise ModelNotFoundError(f"{repo!r} (revision {revision!r}) is not a valid Hub repo id and revision: "
+                                 f"{str(err).splitlines()[0]}") from None
 
 
 def _repo_unreachable(repo: str, revision: Optional[str], cache_dir) -> bool:
@@ -99,9 +113,9 @@ def _repo_unreachable(repo: str, revision: Optional[str], cache_dir) -> bool:
 def _verify_sha256(path: Path, expected: Optional[str], name: str) -> None:
     if not expected:
         return
-    real = Path(os.path.realpath(path))
-    # The Hub cache stores LFS files under their sha256: no need to re-hash what the name proves.
-    digest = real.name if len(real.name) == 64 and real.parent.name == "blobs" else io.sha256_file(real)
+    # Hash the bytes on disk even when the Hub cache names the blob by its sha256: the name says
+    # what was downloaded, not that the file is still intact (bit rot, a partial copy, tampering).
+    digest = io.sha256_file(Path(os.path.realpath(path)))
     if digest != expected:
         raise WeightsError(f"sha256 mismatch for {name} ({path}): expected {expected}, got {digest}. "
                            "The file is corrupt or not the registered one; delete it and download again")
@@ -194,15 +208,57 @@ def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] =
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise InputTypeError(f"dtype must be a floating torch.dtype such as torch.float16; got {dtype!r}")
     config, sd = resolve(name, revision, cache_dir, allow_pickle)
-    model = MaskCLIP(config)
-    load_state_dict(model, sd, source=str(name))
+    model = build(config, sd, source=str(name))
     model.to(device=device or "cpu", dtype=dtype)
     return model.eval()
 
 
+def build(config: ModelConfig, sd: Dict[str, torch.Tensor], source: str = "the checkpoint") -> MaskCLIP:
+    """A model of ``config`` holding ``sd``, checked against each other before anything is allocated.
+
+    A hostile or mistaken config (a million layers, a width of 2**20) would otherwise allocate
+    whatever it asks for before the weights are compared. Here the config is first built on the
+    meta device (shapes, no memory), at most one block deeper per tower than the weights hold,
+    and compared with the weights; only a config that fits them is built for real.
+    """
+    problems, shallow = [], config
+    for tower, part in (("visual", "vision"), ("text", "text")):
+        cfg = getattr(shallow, part)
+        found = convert._count_layers(sd, f"{tower}.transformer.resblocks.")
+        if found != cfg.layers:
+            problems.append(f"the config has {cfg.layers} {tower} blocks, the weights {found}")
+            shallow = replace(shallow, **{part: replace(cfg, layers=min(cfg.layers, found + 1))})
+    try:
+        with torch.device("meta"):
+            skeleton = MaskCLIP(shallow)
+    except (RuntimeError, TypeError, ValueError, OverflowError) as e:  # sizes torch cannot represent
+        raise ConfigError(f"the config of {source} describes a model that cannot be built: "
+                          f"{str(e).splitlines()[0]}") from None
+    _raise_mismatches(problems + _mismatches(skeleton.state_dict(), sd), source, config)
+    model = MaskCLIP(config)
+    load_state_dict(model, sd, source)
+    return model
+
+
 def load_state_dict(model: MaskCLIP, sd: Dict[str, torch.Tensor], source: str = "the checkpoint") -> None:
-    """Strict load with one readable error for missing keys, extra keys, shapes and dtypes."""
-    expected = model.state_dict()
+    """Strict load with one readable error for missing keys, extra keys, shapes, dtypes and NaN.
+
+    Every check runs before the first parameter is written: a refused ``sd`` leaves ``model`` as it was.
+    """
+    _raise_mismatches(_mismatches(model.state_dict(), sd), source, model.config)
+    bad = [k for k, v in sd.items() if not _all_finite(v)]
+    if bad:
+        raise WeightsError(f"weights from {source} contain NaN or Inf in {bad[:5]}")
+    model.load_state_dict(sd, strict=True)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    # isfinite is not implemented for every float8 format; those widen exactly to float32.
+    return bool(torch.isfinite(t if t.element_size() > 1 else t.float()).all())
+
+
+def _mismatches(expected: Dict[str, torch.Tensor], sd: Dict[str, torch.Tensor]) -> List[str]:
+    """Missing keys, extra keys, shape mismatches and non-float tensors, one line each."""
     missing = sorted(set(expected) - set(sd))
     extra = sorted(set(sd) - set(expected))
     shapes = [f"{k}: checkpoint {list(sd[k].shape)} vs model {list(v.shape)}"
@@ -214,10 +270,10 @@ def load_state_dict(model: MaskCLIP, sd: Dict[str, torch.Tensor], source: str = 
         if items:
             more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
             problems.append(f"{label}: {items[:5]}{more}")
+    return problems
+
+
+def _raise_mismatches(problems: List[str], source: str, config: ModelConfig) -> None:
     if problems:
         raise WeightsError(f"weights from {source} do not match the config "
-                           f"({model.config.name or 'unnamed'}): " + "; ".join(problems))
-    bad = [k for k, v in sd.items() if not torch.isfinite(v).all()]
-    if bad:
-        raise WeightsError(f"weights from {source} contain NaN or Inf in {bad[:5]}")
-    model.load_state_dict(sd, strict=True)
+                           f"({config.name or 'unnamed'}): " + "; ".join(problems))

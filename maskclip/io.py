@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 from typing import Dict, Tuple
 
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from . import convert
 from .atomic import atomic_write, atomic_write_text
 from .config import ModelConfig
-from .errors import ConfigError, ModelNotFoundError, WeightsError
+from .errors import ConfigError, InputError, ModelNotFoundError, WeightsError
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -34,6 +35,7 @@ OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, OPEN_CLIP_PICKLE = (
 HF_CONFIG, HF_WEIGHTS, HF_PICKLE = "config.json", "model.safetensors", "pytorch_model.bin"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 FORMATS = ("maskclip", "open_clip", "transformers")
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -41,8 +43,8 @@ FORMATS = ("maskclip", "open_clip", "transformers")
 def read_json(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ConfigError(f"{path} is not valid JSON: {type(e).__name__}: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object; got {type(data).__name__}")
     return data
@@ -59,6 +61,10 @@ def sha256_file(path) -> str:
 
 def read_safetensors(path: Path) -> StateDict:
     """Load a safetensors file, turning every way it can be broken into a ``WeightsError``."""
+    duplicates = _duplicate_header_keys(path)
+    if duplicates:
+        raise WeightsError(f"{path} has a safetensors header naming {duplicates[:5]} more than once; parsers "
+                           "disagree on which entry wins, so the file is refused")
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -66,6 +72,31 @@ def read_safetensors(path: Path) -> StateDict:
         raise WeightsError(
             f"{path} is not a readable safetensors file ({size} bytes; truncated or corrupt?): {e}"
         ) from None
+
+
+def _duplicate_header_keys(path: Path) -> list:
+    """Keys that an object of a safetensors JSON header lists twice (its parser keeps one silently).
+
+    Headers that are not readable JSON are left for ``safetensors`` to reject.
+    """
+    dupes = []
+
+    def unique(items):
+        keys = [k for k, _ in items]
+        dupes.extend(sorted({k for k in keys if keys.count(k) > 1}))
+        return dict(items)
+
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > min(size - 8, _MAX_HEADER):
+                return []
+            json.loads(f.read(n).decode("utf-8"), object_pairs_hook=unique)
+    except (OSError, struct.error, UnicodeDecodeError, ValueError, RecursionError):
+        return []
+    return dupes
 
 
 def read_pickle(path: Path, allow_pickle: bool) -> StateDict:
@@ -163,7 +194,7 @@ def write_safetensors(tensors: StateDict, path: Path, metadata: Dict[str, str] =
 def save_pretrained(model, path, format: str = "maskclip") -> Path:
     """Write ``model`` as a folder in ``format`` (weights first, then config, each atomically)."""
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {list(FORMATS)}; got {format!r}")
+        raise InputError(f"format must be one of {list(FORMATS)}; got {format!r}")
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} exists and is not a folder")
@@ -196,7 +227,7 @@ def push_to_hub(model, repo_id: str, private: bool = False, revision: str = None
     from huggingface_hub import HfApi
 
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
-        raise ValueError(f"repo_id must look like 'org/name'; got {repo_id!r}")
+        raise InputError(f"repo_id must look like 'org/name'; got {repo_id!r}")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,6 +19,11 @@ from .errors import InputError, InputTypeError
 from .tokenizer import get_tokenizer
 from .towers import TextTower, VisionTower
 
+# Attention costs grow with the square of the patch count: past a 128 x 128 grid (2048 px at
+# patch 16) one image takes minutes on a CPU, so larger inputs are refused rather than hanging.
+# Larger images can still be segmented in sliding windows (``segment(..., window=...)``).
+MAX_PATCHES = 16384
+
 
 class MaskCLIP(nn.Module):
     """A CLIP-style dual encoder (CLIP, SLIP, MaskCLIP, RILS weights all load into it).
@@ -69,6 +74,13 @@ class MaskCLIP(nn.Module):
         if x.shape[-1] < p or x.shape[-2] < p:
             raise InputError(
                 f"images must be at least one patch ({p}x{p} px) after preprocessing; got {tuple(x.shape[-2:])}"
+            )
+        patches = (x.shape[-2] // p) * (x.shape[-1] // p)
+        if patches > MAX_PATCHES:
+            raise InputError(
+                f"images of {x.shape[-1]}x{x.shape[-2]} px make {patches} patches of {p}x{p}; at most "
+                f"maskclip.model.MAX_PATCHES = {MAX_PATCHES} are encoded at once (use a smaller size, or "
+                "segment(..., window=...) for large images)"
             )
         return x.to(device=self.device, dtype=self.dtype)
 

@@ -33,6 +33,9 @@ _PIL_FILTERS = {
 }
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ACCEPTED = "a path, a PIL image, a uint8 or float torch tensor [3, H, W] / [B, 3, H, W], a uint8 numpy array [H, W, 3]"
+# Preprocessed pixels are normally within about +-3 (OpenAI mean/std); far beyond that a float
+# tensor is not a preprocessed image, and near float32's range the model's norms overflow to NaN.
+MAX_FLOAT_PIXEL = 1e4
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -55,9 +58,13 @@ def load_image(x) -> Image.Image:
 def _open_image(path) -> Image.Image:
     """Decode the image file at ``path`` in its own mode (RGBA, P, I;16, ...); the file is closed on return."""
     p = Path(os.fspath(path))
-    if not p.exists():
-        raise ImageNotFoundError(f"image file not found: {str(p)!r}")
-    if p.is_dir():
+    try:
+        exists, is_dir = p.exists(), p.is_dir()
+    except OSError as e:  # e.g. a file name longer than the file system allows
+        raise ImageReadError(f"cannot read image {_preview(str(p))!r}: {_reason(e)}") from None
+    if not exists:
+        raise ImageNotFoundError(f"image file not found: {_preview(str(p))!r}")
+    if is_dir:
         raise ImageReadError(f"cannot read image {str(p)!r}: it is a directory, not an image file")
     try:
         with Image.open(p) as im:
@@ -78,13 +85,28 @@ def _refuse_bomb(im: Image.Image, path: Path) -> None:
     PIL itself only warns between 1x and 2x the limit; checking the header size here turns
     that band into an error without touching global warning filters or PIL settings.
     """
+    if _over_pixel_limit(im.height, im.width):
+        raise ImageReadError(f"cannot read image {str(path)!r}: {_pixel_limit_message(im.height, im.width)}")
+
+
+def _over_pixel_limit(h: int, w: int) -> bool:
     limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and im.width * im.height > limit:
-        raise ImageReadError(
-            f"cannot read image {str(path)!r}: {im.width}x{im.height} = {im.width * im.height} pixels exceeds "
-            f"PIL.Image.MAX_IMAGE_PIXELS = {limit} (possible decompression bomb); raise that limit if you "
-            "trust this file"
-        )
+    return limit is not None and h * w > limit
+
+
+def _pixel_limit_message(h: int, w: int) -> str:
+    return (f"{w}x{h} = {w * h} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} (possible "
+            "decompression bomb); raise that limit if you trust this input")
+
+
+def _check_pixel_count(h: int, w: int, where: str) -> None:
+    """The same limit for images given in memory (PIL, numpy, uint8 tensors) as for files."""
+    if _over_pixel_limit(h, w):
+        raise InputError(f"{where}: image too large: {_pixel_limit_message(h, w)}")
+
+
+def _preview(text: str, n: int = 200) -> str:
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def _reason(e: Exception) -> str:
@@ -157,6 +179,11 @@ def _check_pil(img) -> None:
         )
     if img.width == 0 or img.height == 0:
         raise InputError(f"image has zero size ({img.width}x{img.height} pixels)")
+    _check_pixel_count(img.height, img.width, "PIL image")
+    try:
+        img.load()  # a lazily opened image decodes here; a closed one raises
+    except Exception as e:  # PIL raises ValueError (closed), OSError (truncated), ... here
+        raise ImageReadError(f"cannot read the pixels of this PIL image: {_reason(e)}") from e
 
 
 # --- the PIL path ------------------------------------------------------------------------------
@@ -181,6 +208,7 @@ def preprocess(img: Image.Image, cfg: PreprocessConfig, size: Optional[int] = No
         img = to_rgb(img)
     squash = crop and cfg.resize_mode == "squash"
     out_h, out_w = (s, s) if squash else _shorter_side_size(img.height, img.width, s)
+    _check_resized(img.height, img.width, out_h, out_w)
     if (out_h, out_w) != (img.height, img.width):
         img = img.resize((out_w, out_h), _PIL_FILTERS[cfg.interpolation])
     if crop and not squash:
@@ -232,6 +260,19 @@ def _shorter_side_size(h: int, w: int, s: int) -> Tuple[int, int]:
     return s, int(s * w / h)
 
 
+def _check_resized(h: int, w: int, out_h: int, out_w: int) -> None:
+    """Refuse a resize whose result would exceed the pixel limit.
+
+    Resizing the shorter side of a thin image (1 x 100000) to S makes it S x 100000 S before
+    the crop: a small input would otherwise cost gigabytes and minutes.
+    """
+    if _over_pixel_limit(out_h, out_w):
+        raise InputError(
+            f"resizing a {w}x{h} image to {out_w}x{out_h} would exceed the pixel limit: "
+            f"{_pixel_limit_message(out_h, out_w)}; its aspect ratio is too extreme (crop it first)"
+        )
+
+
 def _crop_offsets(h: int, w: int, s: int) -> Tuple[int, int]:
     """(top, left) of a centered ``s x s`` crop; Python's round (half to even) as torchvision's ``CenterCrop``."""
     return int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
@@ -261,6 +302,7 @@ def preprocess_uint8(pixels: torch.Tensor, cfg: PreprocessConfig, size: Optional
     h, w = pixels.shape[-2:]
     squash = crop and cfg.resize_mode == "squash"
     out_h, out_w = (s, s) if squash else _shorter_side_size(h, w, s)
+    _check_resized(h, w, out_h, out_w)
     x = pixels.float()
     if cfg.interpolation == "nearest":
         x = x.index_select(-1, _nearest_index(w, out_w, x.device)).index_select(-2, _nearest_index(h, out_h, x.device))
@@ -386,11 +428,15 @@ def _check_array(a: np.ndarray, where: str) -> np.ndarray:
         raise InputError(f"{where}: numpy arrays must have shape [H, W, 3] (RGB); got {list(a.shape)}{hint}")
     if 0 in a.shape:
         raise InputError(f"{where}: image has zero size; got shape {list(a.shape)}")
+    _check_pixel_count(a.shape[0], a.shape[1], where)
     return np.ascontiguousarray(a)
 
 
 def _check_tensor(x: torch.Tensor, where: str) -> torch.Tensor:
     """Validate an image tensor; return it as ``[B, 3, H, W]`` (uint8 or floating, values untouched)."""
+    if x.layout != torch.strided or x.is_meta:
+        where_ = "on the meta device" if x.is_meta else f"with layout {x.layout}"
+        raise InputTypeError(f"{where}: image tensors must be dense tensors with data; got one {where_}")
     if x.dtype == torch.bool or x.is_complex() or (not x.is_floating_point() and x.dtype != torch.uint8):
         raise InputTypeError(
             f"{where}: image tensors must be uint8 (raw pixels 0..255) or floating point (preprocessed); "
@@ -406,9 +452,22 @@ def _check_tensor(x: torch.Tensor, where: str) -> torch.Tensor:
         raise InputError(f"{where}: expected 3 channels (RGB) in dim -3; got shape {list(x.shape)}: {hint}")
     if 0 in x.shape:
         raise InputError(f"{where}: image tensor has a zero-size dimension; got shape {list(x.shape)}")
-    if x.is_floating_point() and not torch.isfinite(x).all():
-        raise InputError(f"{where}: float image tensor contains NaN or infinite values")
+    if x.is_floating_point():
+        _check_float_values(x, where)
+    else:
+        _check_pixel_count(x.shape[-2], x.shape[-1], where)
     return x if x.dim() == 4 else x[None]
+
+
+def _check_float_values(x: torch.Tensor, where: str) -> None:
+    peak = float(x.detach().abs().max())  # NaN if any value is NaN
+    if not np.isfinite(peak):
+        raise InputError(f"{where}: float image tensor contains NaN or infinite values")
+    if peak > MAX_FLOAT_PIXEL:
+        raise InputError(
+            f"{where}: float image tensors are taken as preprocessed (normalised) pixels, expected within "
+            f"+-{MAX_FLOAT_PIXEL:g}; got values up to {peak:g} (pass raw 0..255 pixels as a uint8 tensor)"
+        )
 
 
 def _channel_hint(channels: int) -> str:
