@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from dataclasses import replace
 from functools import lru_cache
 from importlib import resources
@@ -111,18 +112,30 @@ def _repo_unreachable(repo: str, revision: Optional[str], cache_dir) -> bool:
 
 
 def _verify_sha256(path: Path, expected: Optional[str], name: str) -> None:
+    """Hash the weights file on disk and compare with ``expected`` (the registry's sha256).
+
+    Without a registered digest, a file in the Hub cache is still checked against its blob name:
+    ``huggingface_hub`` names each LFS blob by the sha256 the Hub reported, so a mismatch means
+    the bytes changed after the download (bit rot, a partial copy, tampering).
+    """
+    real = Path(os.path.realpath(path))
+    what = "the registered sha256"
+    if not expected and real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
+        expected, what = real.name, "the sha256 the Hub cache names the file by"
     if not expected:
         return
-    # Hash the bytes on disk even when the Hub cache names the blob by its sha256: the name says
-    # what was downloaded, not that the file is still intact (bit rot, a partial copy, tampering).
-    digest = io.sha256_file(Path(os.path.realpath(path)))
+    digest = io.sha256_file(real)
     if digest != expected:
-        raise WeightsError(f"sha256 mismatch for {name} ({path}): expected {expected}, got {digest}. "
-                           "The file is corrupt or not the registered one; delete it and download again")
+        raise WeightsError(f"sha256 mismatch for {name} ({path}): expected {expected} ({what}), got {digest}. "
+                           "The file is corrupt or not the expected one; delete it and download again")
 
 
-def _hub_folder(repo: str, revision: Optional[str], cache_dir, files: Optional[Tuple[str, ...]] = None) -> Path:
-    """Fetch the files of a checkpoint repo in any layout; return the snapshot folder holding them."""
+def _hub_folder(repo: str, revision: Optional[str], cache_dir, files: Optional[Tuple[str, ...]] = None,
+                sha256: Optional[str] = None, name: Optional[str] = None) -> Path:
+    """Fetch the files of a checkpoint repo in any layout; return the snapshot folder holding them.
+
+    The weights file is checked against ``sha256`` (or its Hub cache blob name, see ``_verify_sha256``).
+    """
     candidates = [files] if files else [
         (io.NATIVE_CONFIG, io.NATIVE_WEIGHTS),
         (io.OPEN_CLIP_CONFIG, io.OPEN_CLIP_WEIGHTS),
@@ -138,6 +151,7 @@ def _hub_folder(repo: str, revision: Optional[str], cache_dir, files: Optional[T
         weights = hub_file(repo, weights_name, revision, cache_dir)
         if weights is None:
             raise ModelNotFoundError(f"Hub repo {repo!r} has {config_name} but not {weights_name}")
+        _verify_sha256(weights, sha256, name or repo)
         return config.parent
     raise ModelNotFoundError(
         f"Hub repo {repo!r} has no checkpoint maskclip can read: expected config.json + model.safetensors "
@@ -183,9 +197,7 @@ def _resolve_registered(name: str, revision: Optional[str], cache_dir):
         raise WeightsUnavailableError(f"no public weights exist for {name!r}. {entry.get('unavailable_reason', '')} "
                                       f"Instead: {entry.get('instead', '')}".strip())
     files = (entry["config_file"], entry["weights_file"]) if entry.get("config_file") else None
-    folder = _hub_folder(entry["repo"], revision, cache_dir, files)
-    if files:
-        _verify_sha256(folder / entry["weights_file"], entry.get("sha256"), name)
+    folder = _hub_folder(entry["repo"], revision, cache_dir, files, entry.get("sha256") if files else None, name)
     config, sd = io.read_folder(folder)
     if entry.get("act"):
         config.vision.act = config.text.act = entry["act"]

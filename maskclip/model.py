@@ -100,7 +100,8 @@ class MaskCLIP(nn.Module):
             raise InputError(f"token ids must have shape [B, L] with B, L > 0; got {list(tokens.shape)}")
         if tokens.shape[1] > cfg.context_length:
             raise InputError(
-                f"token ids are {tokens.shape[1]} long; this model's context length is {cfg.context_length}"
+                f"token ids must be at most {cfg.context_length} long (this model's context length); "
+                f"got {tokens.shape[1]}"
             )
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= cfg.vocab_size:

@@ -157,9 +157,10 @@ def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     """High-bit-depth pixels ``[H, W]`` -> ``uint8 [H, W]`` by the rules in ``to_rgb``."""
     if mode.startswith("I;16"):
         return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(v / 257); 257 is odd: no ties
-    values = values.astype(np.float64)
+    # Checked before the cast: casting a signalling NaN would also emit a numpy RuntimeWarning.
     if not np.isfinite(values).all():
         raise InputError(f"a mode {mode!r} image contains NaN or infinite values; cannot map it to 8 bits")
+    values = values.astype(np.float64)
     lo, hi = float(values.min()), float(values.max())
     if mode == "F" and lo >= 0 and hi <= 1:
         scaled = values * 255
@@ -452,17 +453,18 @@ def _check_tensor(x: torch.Tensor, where: str) -> torch.Tensor:
         raise InputError(f"{where}: expected 3 channels (RGB) in dim -3; got shape {list(x.shape)}: {hint}")
     if 0 in x.shape:
         raise InputError(f"{where}: image tensor has a zero-size dimension; got shape {list(x.shape)}")
+    _check_pixel_count(x.shape[-2], x.shape[-1], where)
     if x.is_floating_point():
         _check_float_values(x, where)
-    else:
-        _check_pixel_count(x.shape[-2], x.shape[-1], where)
     return x if x.dim() == 4 else x[None]
 
 
 def _check_float_values(x: torch.Tensor, where: str) -> None:
-    peak = float(x.detach().abs().max())  # NaN if any value is NaN
-    if not np.isfinite(peak):
+    # A reduction, not x.abs(): no temporary as large as x (which may be an expanded view).
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))  # NaN if any value is NaN
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise InputError(f"{where}: float image tensor contains NaN or infinite values")
+    peak = max(-lo, hi)
     if peak > MAX_FLOAT_PIXEL:
         raise InputError(
             f"{where}: float image tensors are taken as preprocessed (normalised) pixels, expected within "

@@ -3,9 +3,29 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+# Property tests: "ci" (the default) is reproducible and bounded: a seed derived from each test,
+# a fixed example budget, no per-example deadline on a shared 2-core machine. "dev" tries 20 times
+# more examples (tests/fuzzing.py scales each property's budget), randomly, for local runs:
+# HYPOTHESIS_PROFILE=dev python -m pytest tests/test_fuzz_api.py
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=50, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("dev", derandomize=False, deadline=None, max_examples=1000, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print how many examples each property tried (and write them to $MASKCLIP_FUZZ_REPORT)."""
+    import fuzzing
+
+    for line in fuzzing.summary_lines():
+        terminalreporter.write_line(line)
+    fuzzing.write_report()
 
 
 def tiny_config(**vision):
