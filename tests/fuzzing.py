@@ -27,7 +27,7 @@ COUNTS: "defaultdict[str, Counter]" = defaultdict(Counter)
 
 # A message "says what was wrong" when it names an expectation or a refusal in one of these words.
 _EXPLAINS = ("expect", "must", "got", "not found", "exceed", "cannot", "unknown", "refus", "does not",
-             "too ", "no ", "not a", "mismatch", "contain", "is empty", "duplicates", "unsupported", "only", "neither")
+             "too ", "no ", "not a", "mismatch", "contain", "is empty", "duplicates", "unsupported", "only", "neither", "do not")
 
 
 def budget(ci_examples: int, **kwargs) -> settings:
