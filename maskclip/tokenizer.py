@@ -24,6 +24,7 @@ import torch
 from .errors import InputError, InputTypeError
 
 DEFAULT_CONTEXT_LENGTH = 77
+MAX_CONTEXT_LENGTH = 65536  # far beyond any CLIP text tower; larger requests are mistakes that would exhaust memory
 
 SOT_TEXT = "<start_of_text>"
 EOT_TEXT = "<end_of_text>"
@@ -252,11 +253,14 @@ class Tokenizer:
 
 
 def _check_context_length(context_length) -> None:
-    """context_length must be an int >= 2 (room for SOT and EOT)."""
+    """context_length must be an int in [2, MAX_CONTEXT_LENGTH] (room for SOT and EOT)."""
     if isinstance(context_length, bool) or not isinstance(context_length, int):
         raise InputTypeError(f"context_length must be an int >= 2, got {type(context_length).__name__}")
     if context_length < 2:
         raise InputError(f"context_length must be an int >= 2 (room for SOT and EOT), got {context_length}")
+    if context_length > MAX_CONTEXT_LENGTH:  # the output is [B, context_length] int64, mostly padding
+        raise InputError(f"context_length must be at most {MAX_CONTEXT_LENGTH}, got {context_length}; "
+                         "to count the tokens of a long text use encode()")
 
 
 def _as_text_list(texts) -> list:

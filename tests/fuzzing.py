@@ -63,7 +63,7 @@ def summary_lines() -> list:
     if not COUNTS:
         return []
     total = sum(sum(c.values()) for c in COUNTS.values())
-    lines = [f"fuzz examples tried (profile {PROFILE}): {total} in {len(COUNTS)} properties"]
+    lines = [f"examples tried and faults injected (hypothesis profile {PROFILE}): {total} in {len(COUNTS)} checks"]
     for prop in sorted(COUNTS):
         c = COUNTS[prop]
         detail = ", ".join(f"{k} {v}" for k, v in sorted(c.items()))

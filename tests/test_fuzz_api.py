@@ -440,12 +440,13 @@ def test_token_tensor_of_any_shape_dtype_and_range_gives_finite_embeddings_or_do
 
 
 @budget(60)
-@given(context_length=st.one_of(st.integers(-5, 300), st.sampled_from([None, 2.0, "77", True])),
+@given(context_length=st.one_of(st.integers(-5, 300), st.sampled_from([None, 2.0, "77", True, 65536, 65537, 10**12])),
        truncate=st.one_of(st.booleans(), st.sampled_from([None, 0, 1, "yes"])), text=hostile_text)
 def test_tokenize_arguments_are_validated(context_length, truncate, text):
     ids, err = outcome("tokenize(context_length, truncate)", maskclip.tokenize, text,
                        context_length=context_length, truncate=truncate)
-    good = (context_length is None or type(context_length) is int and context_length >= 2) and isinstance(truncate, bool)
+    good = (context_length is None or type(context_length) is int and 2 <= context_length <= 65536) \
+        and isinstance(truncate, bool)
     if not good:
         assert err is not None
     elif err is None:
@@ -532,3 +533,12 @@ def test_load_of_any_name_raises_a_documented_error_offline(tmp_path_factory, na
     assert err is not None  # nothing loadable exists offline in an empty cache and folder
     if not isinstance(name, (str, os.PathLike)):
         assert isinstance(err, InputTypeError)
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda m, tmp: m.save_pretrained(tmp, format="onnx"), "format must be one of"),  # was a plain ValueError
+    (lambda m, tmp: maskclip.io.push_to_hub(m, "no-slash"), "org/name"),  # checked before any network use
+])
+def test_save_arguments_are_validated_with_documented_errors(model, tmp_path, call, words):
+    with pytest.raises(InputError, match=words):
+        call(model, tmp_path)

@@ -262,6 +262,8 @@ def _sd(original):
 @pytest.mark.parametrize("change, words", [
     (lambda sd: sd.pop("text.ln_final.bias"), "missing keys: \\['text.ln_final.bias'\\]"),
     (lambda sd: sd.update(extra=torch.zeros(2)), "unexpected keys: \\['extra'\\]"),
+    # "²".isdigit() is true but int("²") raises: a plain ValueError escaped while counting blocks
+    (lambda sd: sd.update({"visual.transformer.resblocks.².ln_1.bias": torch.zeros(32)}), "unexpected keys"),
     (lambda sd: sd.update(logit_scale=torch.tensor(4, dtype=torch.int32)), "non-float tensors"),
     (lambda sd: sd.update(logit_scale=torch.tensor(True)), "non-float tensors"),
     (lambda sd: sd["visual.proj"].view(-1).__setitem__(3, float("nan")), "NaN or Inf in \\['visual.proj'\\]"),
@@ -273,6 +275,15 @@ def test_tensors_that_do_not_fit_the_config_are_named_in_one_weights_error(tmp_p
     change(sd)
     with pytest.raises(WeightsError, match=words):
         maskclip.load(_saved(tmp_path, original, sd))
+
+
+def test_a_block_numbered_with_a_non_ascii_digit_is_an_unexpected_key_in_a_lone_file(tmp_path, original):
+    # The config is inferred from the keys here; "²".isdigit() is true but int("²") raised ValueError.
+    sd = _sd(original)
+    sd["visual.transformer.resblocks.².ln_1.bias"] = torch.zeros(32)
+    save_file(sd, str(tmp_path / "lone.safetensors"))
+    with pytest.raises(WeightsError, match="unexpected keys"):
+        maskclip.load(tmp_path / "lone.safetensors")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.float8_e4m3fn, torch.float8_e5m2])
