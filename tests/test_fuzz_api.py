@@ -140,6 +140,7 @@ ENCODED = {fmt: _encoded(fmt) for fmt in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # PIL's own notes on the broken files it reads
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns, then maskclip refuses
 @budget(300)
 @given(fmt=st.sampled_from(sorted(ENCODED)), cut=st.one_of(st.just(1.0), st.floats(0, 1)), flips=st.lists(
     st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 7)), max_size=6))
