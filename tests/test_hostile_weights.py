@@ -12,7 +12,6 @@ forged files load in seconds; the promises do not depend on the model's size.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import resource
 import shutil
