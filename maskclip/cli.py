@@ -1,4 +1,4 @@
-"""The ``maskclip`` command line: models, classify, embed, segment, convert.
+"""The ``maskclip`` command line: models, classify, embed, segment, convert, eval, data.
 
 Every subcommand wraps the same public functions a Python user calls. Bad input ends the
 program with a one-line ``maskclip: error: ...`` on stderr and exit status 2.
@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--allow-pickle", action="store_true",
                     help="read pickled .bin/.pt checkpoints (with torch.load(weights_only=True))")
     sp.set_defaults(func=cmd_convert)
+
+    from .data.cli import add_data_parser
+    from .eval.cli import add_eval_parser
+
+    add_eval_parser(sub, model_args)
+    add_data_parser(sub)
     return p
 
 

@@ -128,6 +128,18 @@ def read_manifest(path) -> dict:
     return manifest
 
 
+def find_manifests(folder) -> List[Path]:
+    """The shard manifests among the ``.json`` files of ``folder``."""
+    found = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            read_manifest(path)
+        except InputError:
+            continue
+        found.append(path)
+    return found
+
+
 class TarShards(IterableDataset):
     """Iterate ``Sample``s from tar shards; with DataLoader workers, each worker reads its own shards.
 

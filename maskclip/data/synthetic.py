@@ -135,6 +135,17 @@ class SyntheticShapes(Dataset):
         return int(index) % self.n
 
 
+def parse_size(text: str) -> Union[int, Tuple[int, int]]:
+    """``"64"`` -> 64, ``"48x64"`` -> (48, 64) (height x width), as written on a command line."""
+    try:
+        parts = [int(v) for v in str(text).lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise InputError(f"size must be an integer or HxW (e.g. 64 or 48x64); got {text!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
 def _check_label(label) -> None:
     if label not in LABELS:
         raise InputError(f"label must be one of {list(LABELS)}; got {label!r}")
