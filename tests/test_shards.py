@@ -109,11 +109,17 @@ def test_dataloader_workers_read_each_shard_once(dataset, written):
     assert sorted(loader) == sorted(dataset[i].meta["key"] for i in range(len(dataset)))
 
 
-def test_shuffled_shard_order_changes_per_epoch_and_keeps_every_sample(written):
+def _epoch(reader, epoch):
+    reader.set_epoch(epoch)
+    return [s.meta["key"] for s in reader]
+
+
+def test_shuffled_shard_order_depends_on_the_epoch_and_keeps_every_sample(written):
     reader = TarShards(written, shuffle=True, seed=1)
-    epochs = [[s.meta["key"] for s in reader] for _ in range(4)]
+    epochs = [_epoch(reader, e) for e in range(4)]
     assert all(sorted(e) == sorted(epochs[0]) for e in epochs)
     assert len({tuple(e) for e in epochs}) > 1
+    assert _epoch(TarShards(written, shuffle=True, seed=1), 2) == epochs[2]
 
 
 def test_bad_shard_arguments_raise_input_error(dataset, tmp_path):

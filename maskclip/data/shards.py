@@ -146,7 +146,9 @@ class TarShards(IterableDataset):
     ``skipped`` counts samples that could not be decoded (no image, a corrupt image, mask or
     JSON) and ``broken_shards`` the shards that ended early (truncated or corrupt tar); both are
     counted in the process that reads (each DataLoader worker has its own counts). ``errors``
-    keeps the first messages. ``shuffle=True`` shuffles the shard order, differently each epoch.
+    keeps the first messages. ``shuffle=True`` shuffles the shard order by ``(seed, epoch)``;
+    call ``set_epoch`` before each epoch (as with ``DistributedSampler``: DataLoader workers
+    iterate copies, so the dataset cannot count epochs itself).
     """
 
     def __init__(self, source, shuffle: bool = False, seed: int = 0):
@@ -154,11 +156,13 @@ class TarShards(IterableDataset):
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
         self.skipped, self.broken_shards, self.errors = 0, 0, []
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __iter__(self) -> Iterator[Sample]:
         paths = list(self.paths)
         if self.shuffle:
             np.random.default_rng([self.seed, self.epoch]).shuffle(paths)
-        self.epoch += 1
         info = get_worker_info()
         if info is not None:
             paths = paths[info.id::info.num_workers]

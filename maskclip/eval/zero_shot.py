@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from typing import Optional, Sequence
 
-import torch
-
 from ..zero_shot import resolve_templates
 from . import metrics
 from .datasets import open_dataset
