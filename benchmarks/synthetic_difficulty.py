@@ -54,7 +54,8 @@ def main() -> None:
         test_labels = data["test"][1].tolist()
         majority = Counter(test_labels).most_common(1)[0][1] / len(test_labels)
         row = {"classes": len(sets["train"].classnames), "chance_top1": 1 / len(sets["train"].classnames),
-               "majority_top1": majority, "test_label_counts": dict(Counter(sets["test"].classnames[y] for y in test_labels))}
+               "majority_top1": majority,
+               "test_label_counts": dict(Counter(sets["test"].classnames[y] for y in test_labels))}
         for name in FEATURES:
             fit = {split: (feats[name], y) for split, (feats, y) in data.items()}
             r = probe(fit["train"], fit["val"], fit["test"], len(sets["train"].classnames))

@@ -56,7 +56,8 @@ def test_scene_captions_and_label_are_the_same_at_every_size():
     for i in range(5):
         s, t = small[i], large[i]
         assert s.captions == t.captions and s.meta["label"] == t.meta["label"]
-        assert [(o["shape"], o["colour"]) for o in s.meta["objects"]] == [(o["shape"], o["colour"]) for o in t.meta["objects"]]
+        assert [(o["shape"], o["colour"]) for o in s.meta["objects"]] == \
+            [(o["shape"], o["colour"]) for o in t.meta["objects"]]
         assert s.image.size == (32, 32) and t.image.size == (96, 96)
 
 
@@ -91,8 +92,11 @@ def test_object_pixels_have_the_objects_colour():
             if shapes.count(o["shape"]) > 1 or o["outline"]:
                 continue
             region = s.mask == 1 + SHAPES.index(o["shape"])
-            inner = region.copy()  # drop the anti-aliased rim
-            inner[1:] &= region[:-1]; inner[:-1] &= region[1:]; inner[:, 1:] &= region[:, :-1]; inner[:, :-1] &= region[:, 1:]
+            inner = region.copy()  # drop the anti-aliased rim: keep pixels whose 4 neighbours are inside too
+            inner[1:] &= region[:-1]
+            inner[:-1] &= region[1:]
+            inner[:, 1:] &= region[:, :-1]
+            inner[:, :-1] &= region[:, 1:]
             if inner.sum() < 10:
                 continue
             mean = np.asarray(s.image, dtype=float)[inner].mean(0)

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 Polygon = np.ndarray  # [K, 2] vertices (x, y), y pointing down
+OUTLINE_SCALE = 1.12  # an outlined object is a darker copy this much larger, with the body on top
 
 
 def _regular(n: int, radius: float, phase: float) -> Polygon:
@@ -130,13 +131,15 @@ def paint_object(img: np.ndarray, objmap: np.ndarray, index: int, obj, scale: fl
     """Draw ``obj`` (a ``scene.Obj``) onto ``img [H, W, 3]`` and mark it ``index`` in ``objmap [H, W]``, in place.
 
     ``scale`` converts the object's geometry (in units of the image's shorter side) to pixels.
-    An outlined object is a darker copy 12% larger with the body on top; its mask is the outer copy.
+    An outlined object's mask is its outer (``OUTLINE_SCALE``) copy.
     """
     h, w = objmap.shape
     centre = (obj.centre[0] * scale, obj.centre[1] * scale)
     radius = obj.radius * scale
     body = shape_mask(obj.shape, centre, radius, obj.stretch, obj.rotation, h, w)
-    outer = shape_mask(obj.shape, centre, radius * 1.12, obj.stretch, obj.rotation, h, w) if obj.outline else body
+    outer = body
+    if obj.outline:
+        outer = shape_mask(obj.shape, centre, radius * OUTLINE_SCALE, obj.stretch, obj.rotation, h, w)
     rows, cols = np.nonzero(outer)
     if rows.size == 0:
         return

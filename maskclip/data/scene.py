@@ -16,7 +16,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from .render import shape_mask
+from .render import OUTLINE_SCALE, shape_mask
 
 REFERENCE = 128
 MIN_VISIBLE = 0.45  # every object keeps at least this fraction of its area visible
@@ -62,11 +62,6 @@ class Scene:
     noise: float  # sensor noise standard deviation, in 0..255 levels
     noise_seed: int
 
-    @property
-    def extent(self) -> Tuple[float, float]:
-        """(width, height) in units of the shorter side."""
-        return (self.aspect, 1.0) if self.aspect >= 1 else (1.0, 1 / self.aspect)
-
 
 def sample_scene(rng: np.random.Generator, aspect: float = 1.0) -> Scene:
     """A random scene for an image of ``width / height == aspect``."""
@@ -78,7 +73,7 @@ def sample_scene(rng: np.random.Generator, aspect: float = 1.0) -> Scene:
     ref_h, ref_w = round(REFERENCE * extent[1]), round(REFERENCE * extent[0])
     objects, masks = [], []
     for _ in range(n):
-        placed = _place(rng, objects, masks, extent, ref_h, ref_w)
+        placed = _place(rng, masks, extent, ref_h, ref_w)
         if placed is None:
             break
         objects.append(placed[0])
@@ -89,7 +84,7 @@ def sample_scene(rng: np.random.Generator, aspect: float = 1.0) -> Scene:
                  noise=float(rng.uniform(0, 8)), noise_seed=int(rng.integers(2 ** 31)))
 
 
-def _place(rng, objects, masks, extent, ref_h, ref_w):
+def _place(rng, masks, extent, ref_h, ref_w):
     """Draw one object and a position where every object stays ``MIN_VISIBLE`` visible; ``None`` if none found."""
     v = vocabulary()
     shape = str(rng.choice(v["shapes"]))
@@ -105,9 +100,8 @@ def _place(rng, objects, masks, extent, ref_h, ref_w):
     for _ in range(PLACEMENT_TRIES):
         centre = (float(rng.uniform(margin, extent[0] - margin)), float(rng.uniform(margin, extent[1] - margin)))
         obj = Obj(shape, colour, size, radius, centre, rotation, stretch, rgb, shade, outline)
-        scale = REFERENCE
-        r = radius * (1.12 if outline else 1.0) * scale
-        mask = shape_mask(shape, (centre[0] * scale, centre[1] * scale), r, stretch, rotation, ref_h, ref_w)
+        r = radius * (OUTLINE_SCALE if outline else 1.0) * REFERENCE
+        mask = shape_mask(shape, (centre[0] * REFERENCE, centre[1] * REFERENCE), r, stretch, rotation, ref_h, ref_w)
         stack = masks + [mask]
         if all(_visible(stack, i).sum() >= MIN_VISIBLE * m.sum() for i, m in enumerate(masks)):
             return obj, mask

@@ -36,7 +36,8 @@ def add_eval_parser(sub, model_args: Callable[[argparse.ArgumentParser], None]) 
     sp.add_argument("--train", required=True, help="training data: " + DATA_HELP)
     sp.add_argument("--test", required=True, help="test data, same classes")
     sp.add_argument("--val", help="validation data for the sweep (default: a seeded 20%% of --train)")
-    sp.add_argument("--weight-decays", type=float, nargs="+", metavar="WD", help="the sweep (default 1e-6 ... 1)")
+    sp.add_argument("--weight-decays", type=float, nargs="+", metavar="WD",
+                    help="the sweep (default every power of 10 from 1e-6 to 10)")
     sp.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations per fit (default 300)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the held-out validation split")
     common(sp)
@@ -94,7 +95,8 @@ def cmd_linear_probe(args) -> None:
                                     args.weight_decays or WEIGHT_DECAYS, args.max_iter, args.seed,
                                     args.batch_size, progress=not args.no_progress)
     _report(args, r, [f"top1 {r['top1']:.4f}", f"mean per-class recall {r['mean_per_class_recall']:.4f}",
-                      f"weight decay {r['weight_decay']:g}", f"n train/val/test {r['n_train']}/{r['n_val']}/{r['n_test']}"])
+                      f"weight decay {r['weight_decay']:g}",
+                      f"n train/val/test {r['n_train']}/{r['n_val']}/{r['n_test']}"])
 
 
 def cmd_segmentation(args) -> None:
@@ -104,7 +106,8 @@ def cmd_segmentation(args) -> None:
                                args.templates, args.size, args.window, args.stride, progress=not args.no_progress)
     lines = []
     for method, res in r["methods"].items():
-        line = f"{method:<10} mIoU {res['all_classes']['miou']:.4f} pixel acc {res['all_classes']['pixel_accuracy']:.4f}"
+        everything = res["all_classes"]
+        line = f"{method:<10} mIoU {everything['miou']:.4f} pixel acc {everything['pixel_accuracy']:.4f}"
         if "foreground" in res:
             line += f" | foreground mIoU {res['foreground']['miou']:.4f}"
         lines.append(line)

@@ -17,6 +17,7 @@ source lacks it (labels, captions or masks).
 """
 from __future__ import annotations
 
+import copy
 import csv
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,8 @@ class EvalSet:
         if missing:
             hint = {"labels": "a folder of class subfolders, a CSV with a label column, or synthetic:SPLIT",
                     "captions": "a CSV with a caption column, tar shards with .txt/.json, or synthetic:SPLIT",
-                    "masks": "a CSV with a mask column and class names, shards with .mask.png, or synthetic:SPLIT"}[what]
+                    "masks": "a CSV with a mask column and class names, shards with .mask.png, "
+                             "or synthetic:SPLIT"}[what]
             raise InputError(f"{task} needs {what}, and {self.name} has none; use {hint}")
 
 
@@ -128,6 +130,9 @@ def _override(ds: EvalSet, classnames, segmentation_classes) -> EvalSet:
                                  ("segmentation classes", segmentation_classes, ds.segmentation_classes)):
         if given is not None and current is not None and len(given) != len(current):
             raise InputError(f"{ds.name} has {len(current)} {name}; {len(given)} were given")
+    if classnames is None and segmentation_classes is None:
+        return ds
+    ds = copy.copy(ds)  # never change a caller's set
     if classnames is not None:
         ds.classnames = list(classnames)
     if segmentation_classes is not None:

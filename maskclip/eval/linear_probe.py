@@ -21,13 +21,15 @@ from . import metrics
 from .datasets import open_dataset
 from .features import evaluating, image_features, label_tensor
 
-WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 VAL_FRACTION = 0.2
 
 
 def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
                             max_iter: int = 300) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Minimise ``mean cross-entropy + weight_decay / 2 * ||W||^2`` on ``x [N, D]``, ``y [N]`` -> (W ``[D, C]``, b ``[C]``).
+    """Minimise ``mean cross-entropy + weight_decay / 2 * ||W||^2`` over W ``[D, C]`` and b ``[C]``.
+
+    ``x [N, D]`` features, ``y [N]`` class indices; returns (W, b).
 
     Starts from zero, so the result is deterministic.
     """
@@ -102,7 +104,8 @@ def linear_probe_classification(model, train, test, val=None, weight_decays: Seq
     classnames = sets["train"].classnames
     for name, ds in sets.items():
         if ds.classnames != classnames:
-            raise InputError(f"the {name} set's classes differ from the train set's ({ds.name} vs {sets['train'].name})")
+            raise InputError(f"the {name} set's classes differ from the train set's "
+                             f"({ds.name} vs {sets['train'].name})")
     data = {}
     with evaluating(model):
         for name, ds in sets.items():

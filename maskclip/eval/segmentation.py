@@ -81,8 +81,9 @@ def zero_shot_segmentation(model, dataset, methods: Sequence[str] = METHODS, cla
             "window": window, "stride": stride if window is None or stride is not None else max(window // 2, 1),
             "scores": "cosine of L2-normalised dense features and the text classifier, bilinearly upsampled "
                       "to the mask size, argmax per pixel; confusion matrices summed over the set",
-            "background": ("all_classes: 'background' is a class prompted by its name; foreground: background "
-                           "pixels ignored and background not a candidate") if bg is not None else "no background class",
+            "background": "no background class" if bg is None else (
+                "all_classes: 'background' is a class prompted by its name; foreground: background pixels "
+                "ignored and background not a candidate"),
             "ignore_index": IGNORE_INDEX,
             "templates": templates,
         },
