@@ -1,4 +1,4 @@
-"""The ``maskclip`` command line: models, classify, embed, segment, convert, train, export.
+"""The ``maskclip`` command line: models, classify, embed, segment, convert, eval, data, train, export.
 
 Every subcommand wraps the same public functions a Python user calls. Bad input ends the
 program with a one-line ``maskclip: error: ...`` on stderr and exit status 2.
@@ -236,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("out", help="output folder")
     sp.add_argument("--format", default="maskclip", choices=["maskclip", "open_clip", "transformers"])
     sp.set_defaults(func=cmd_export)
+
+    from .data.cli import add_data_parser
+    from .eval.cli import add_eval_parser
+
+    add_eval_parser(sub, model_args)
+    add_data_parser(sub)
     return p
 
 

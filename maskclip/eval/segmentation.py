@@ -1,0 +1,125 @@
+"""Zero-shot semantic segmentation: mIoU and pixel accuracy of ``dense_features`` for each dense method.
+
+Protocol (written into the results): each image is resized so its shorter side is
+``image_size`` (default: the model's), aspect ratio kept, no crop, optionally scored in sliding
+windows; every patch's L2-normalised dense feature is compared by cosine with the text
+classifier of the segmentation classes; the scores are upsampled bilinearly to the label
+mask's size and the best class is taken per pixel. This is exactly ``model.segment``, with the
+classifier built once. Confusion matrices are summed over the whole set before the IoUs.
+
+Background (a segmentation class named ``"background"``) is reported two ways:
+
+- ``all_classes``: background is one more class, prompted by its name like the others;
+- ``foreground``: pixels labelled background are ignored and background is not a candidate,
+  so only the object classes compete (the "no background" protocol of ClearCLIP's VOC20).
+
+Pixels labelled ``ignore_index`` (255) never count.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..dense import METHODS
+from ..errors import InputError
+from ..segmentation import check_method, segment_scores
+from ..transforms import segmentation_input
+from ..zero_shot import resolve_templates
+from . import metrics
+from .datasets import open_dataset
+from .features import evaluating
+from .progress import progress as progress_bar
+
+IGNORE_INDEX = 255
+
+
+def zero_shot_segmentation(model, dataset, methods: Sequence[str] = METHODS, classnames: Optional[Sequence[str]] = None,
+                           templates=None, image_size: Optional[int] = None, window: Optional[int] = None,
+                           stride: Optional[int] = None, progress: bool = True) -> dict:
+    """Evaluate every dense ``method`` on ``dataset`` (an ``EvalSet`` or data spec with masks) -> results dict.
+
+    ``classnames`` replace the dataset's segmentation classes (one per mask value);
+    ``templates`` default to the dataset's suggested ones.
+    """
+    start = time.perf_counter()
+    ds = open_dataset(dataset, segmentation_classes=classnames, default_size=model.config.preprocess.image_size)
+    ds.require("masks", "zero-shot segmentation")
+    methods = [check_method(m) for m in _check_methods(methods)]
+    templates = resolve_templates(templates if templates is not None else ds.templates)
+    classes, bg = ds.segmentation_classes, ds.background_index
+    size = image_size if image_size is not None else model.config.preprocess.image_size
+    n_cls = len(classes)
+    confusion = {m: torch.zeros(n_cls, n_cls, dtype=torch.long) for m in methods}
+    fg_confusion = {m: torch.zeros(n_cls - 1, n_cls - 1, dtype=torch.long) for m in methods} if bg is not None else {}
+    with evaluating(model), torch.no_grad():
+        classifier = model.zero_shot_classifier(classes, templates)
+        for i in progress_bar(range(len(ds)), total=len(ds), desc="segmentation", enabled=progress):
+            record = ds[i]
+            x, out_size = segmentation_input(record.image, model.config.preprocess, size=size)
+            target = _mask(record.mask, out_size, n_cls, ds.name, i)
+            for m in methods:
+                scores = segment_scores(model, x.to(model.device, model.dtype), out_size, classifier, m, window, stride)
+                confusion[m] += metrics.confusion_matrix(scores.argmax(0), target, n_cls, IGNORE_INDEX)
+                if bg is not None:
+                    fg_confusion[m] += _foreground_confusion(scores, target, bg)
+    results = {m: {"all_classes": _summary(confusion[m], classes)} for m in methods}
+    for m in fg_confusion:
+        results[m]["foreground"] = _summary(fg_confusion[m], [c for k, c in enumerate(classes) if k != bg])
+    return {
+        "task": "zero_shot_segmentation",
+        "model": model.config.name,
+        "data": ds.name,
+        "n": len(ds),
+        "skipped": ds.skipped,
+        "classes": classes,
+        "methods": results,
+        "protocol": {
+            "image_size": size, "resize": "shorter side to image_size, aspect ratio kept, no crop",
+            "window": window, "stride": stride if window is None or stride is not None else max(window // 2, 1),
+            "scores": "cosine of L2-normalised dense features and the text classifier, bilinearly upsampled "
+                      "to the mask size, argmax per pixel; confusion matrices summed over the set",
+            "background": "no background class" if bg is None else (
+                "all_classes: 'background' is a class prompted by its name; foreground: background pixels "
+                "ignored and background not a candidate"),
+            "ignore_index": IGNORE_INDEX,
+            "templates": templates,
+        },
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _foreground_confusion(scores: torch.Tensor, target: torch.Tensor, bg: int) -> torch.Tensor:
+    """Confusion over the object classes only: background pixels ignored, background never predicted."""
+    keep = [k for k in range(scores.shape[0]) if k != bg]
+    pred = scores[keep].argmax(0)
+    shifted = torch.where(target > bg, target - 1, target)  # class k > bg moves to k - 1
+    shifted[(target == bg) | (target == IGNORE_INDEX)] = IGNORE_INDEX
+    return metrics.confusion_matrix(pred, shifted, len(keep), IGNORE_INDEX)
+
+
+def _summary(confusion: torch.Tensor, classes) -> dict:
+    iou = metrics.iou_per_class(confusion)
+    return {"miou": metrics.mean_iou(confusion), "pixel_accuracy": metrics.pixel_accuracy(confusion),
+            "per_class_iou": dict(zip(classes, iou.tolist()))}
+
+
+def _mask(mask: np.ndarray, out_size, n_cls: int, name: str, index: int) -> torch.Tensor:
+    target = torch.from_numpy(np.asarray(mask, dtype=np.uint8)).long()
+    if tuple(target.shape) != tuple(out_size):
+        raise InputError(f"{name} item {index}: mask is {list(target.shape)} but the image is {list(out_size)} (H, W)")
+    bad = (target >= n_cls) & (target != IGNORE_INDEX)
+    if bad.any():
+        raise InputError(f"{name} item {index}: mask values must be class indices below {n_cls} or "
+                         f"{IGNORE_INDEX}; found {int(target[bad].max())}")
+    return target
+
+
+def _check_methods(methods) -> list:
+    if isinstance(methods, str):
+        methods = [methods]
+    if not methods:
+        raise InputError(f"methods must name at least one of {list(METHODS)}")
+    return list(dict.fromkeys(methods))
