@@ -59,6 +59,8 @@ def markdown(name: str, result: dict) -> str:
             cells += [f"{row['median_s'] / enc['median_s']:.2f}x" if enc else ""]
         cells += [_num(row["peak_mb"], ".0f"), _num(row["diff"], ".2e")]
         lines.append("| " + " | ".join(cells) + " |")
+    for contender, reason in result["params"].get("skipped", {}).items():
+        lines += ["", f"{contender} not timed: {reason}"]
     first = result["params"].get("first_call_s")
     if first:
         lines += ["", "First call (includes compilation): " +
