@@ -117,14 +117,19 @@ def _variants(c: Contenders, sizes: Sizes) -> dict:
             "maskclip compile": c.maskclip_variant(compile=True)}
 
 
-@torch.inference_mode()
-def encode_image(c: Contenders, sizes: Sizes) -> dict:
-    x = torch.randn(sizes.image_batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    calls = {
+def image_calls(c: Contenders, batch: int) -> dict:
+    """The three libraries' ``encode_image`` on the same random batch ``[batch, 3, 224, 224]``."""
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    return {
         "open_clip": lambda: c.open_clip.encode_image(x),
         "maskclip": lambda: c.maskclip.encode_image(x),
         "transformers": lambda: hf_features(c.transformers.get_image_features(pixel_values=x)),
-    }
+    }, x
+
+
+@torch.inference_mode()
+def encode_image(c: Contenders, sizes: Sizes) -> dict:
+    calls, x = image_calls(c, sizes.image_batch)
     compile_s = {}
     for name, model in _variants(c, sizes).items():
         calls[name] = lambda m=model: m.encode_image(x)
@@ -162,25 +167,29 @@ def _hf_text(c: Contenders, tokenizer, prompts) -> torch.Tensor:
     return hf_features(c.transformers.get_text_features(**batch))
 
 
-@torch.inference_mode()
-def encode_text(c: Contenders, sizes: Sizes) -> dict:
+def text_calls(c: Contenders, n_classes: int):
+    """The three libraries' text encoders on ``n_classes`` x 80 prompts; also the prompts and ids."""
     import open_clip
 
-    prompts = texts.prompts(sizes.text_classes)
+    prompts = texts.prompts(n_classes)
     ids = open_clip.tokenize(prompts)
     hf_tok = c.transformers_tokenizer()
-    calls = {
-        "open_clip": lambda: c.open_clip.encode_text(ids),
-        "maskclip": lambda: c.maskclip.encode_text(ids),
-        "transformers": lambda: _hf_text(c, hf_tok, prompts),
-    }
+    return {
+        "open_clip": lambda p=ids: c.open_clip.encode_text(p),
+        "maskclip": lambda p=ids: c.maskclip.encode_text(p),
+        "transformers": lambda p=prompts: _hf_text(c, hf_tok, p),
+    }, prompts, ids
+
+
+@torch.inference_mode()
+def encode_text(c: Contenders, sizes: Sizes) -> dict:
+    calls, prompts, ids = text_calls(c, sizes.text_classes)
     if sizes.variants:
         bf16 = c.maskclip_variant(autocast=torch.bfloat16)
         calls["maskclip bf16 autocast"] = lambda: bf16.encode_text(ids)
     # Warm up on a slice: one full open_clip call costs seconds per 100 prompts.
-    warm = {"open_clip": lambda: c.open_clip.encode_text(ids[:64]),
-            "maskclip": lambda: c.maskclip.encode_text(ids[:64]),
-            "transformers": lambda: _hf_text(c, hf_tok, prompts[:64])}
+    warm = {"open_clip": lambda: calls["open_clip"](ids[:64]), "maskclip": lambda: calls["maskclip"](ids[:64]),
+            "transformers": lambda: calls["transformers"](prompts[:64])}
     if sizes.variants:
         warm["maskclip bf16 autocast"] = lambda: bf16.encode_text(ids[:64])
 

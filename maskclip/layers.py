@@ -116,7 +116,12 @@ class MLP(nn.Module):
         fc, proj = self.c_fc, self.c_proj
         if isinstance(self.gelu, nn.GELU) and self.gelu.approximate == "none":
             return linear(linear(x, fc.weight, fc.bias, gelu=True), proj.weight, proj.bias)
-        return linear(self.gelu(linear(x, fc.weight, fc.bias)), proj.weight, proj.bias)
+        h = linear(x, fc.weight, fc.bias)
+        if isinstance(self.gelu, QuickGELU) and not h.requires_grad:
+            # The same operations, in place where the tensor is this call's own: the hidden
+            # activations are the model's biggest tensors, and each fresh one costs page faults.
+            return linear(h.mul_((h * 1.702).sigmoid_()), proj.weight, proj.bias)
+        return linear(self.gelu(h), proj.weight, proj.bias)
 
 
 class Block(nn.Module):
