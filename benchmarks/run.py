@@ -1,8 +1,8 @@
 """maskclip against open_clip and transformers at the same weights, side by side on this machine.
 
-    python benchmarks/run.py                 # every workload (~12 min on 2 cores; open_clip's
-                                             # 100-class classifier build alone takes ~6 min)
-    python benchmarks/run.py --quick         # smaller sizes, one repeat (~2 min)
+    python benchmarks/run.py                 # every workload (10-12 min on 2 cores; open_clip's
+                                             # 100-class classifier build alone takes 6-8 min)
+    python benchmarks/run.py --quick         # smaller sizes, one repeat (~75 s)
     python benchmarks/run.py --only encode_image encode_text
 
 Builds one random-weight ViT-B/16 CLIP in the three libraries (the same tensors, converted),

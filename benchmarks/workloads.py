@@ -127,9 +127,17 @@ def image_calls(c: Contenders, batch: int) -> dict:
     }, x
 
 
+def _with_autograd(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` recording autograd, as when a user forgets ``no_grad``/``inference_mode``."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return fn(x.clone()).detach()
+
+
 @torch.inference_mode()
 def encode_image(c: Contenders, sizes: Sizes) -> dict:
     calls, x = image_calls(c, sizes.image_batch)
+    if sizes.variants:
+        calls["maskclip, autograd on"] = lambda: _with_autograd(c.maskclip.encode_image, x)
     compile_s = {}
     for name, model in _variants(c, sizes).items():
         calls[name] = lambda m=model: m.encode_image(x)
