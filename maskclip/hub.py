@@ -207,7 +207,7 @@ def _resolve_registered(name: str, revision: Optional[str], cache_dir):
 
 def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] = None,
          dtype: Optional[torch.dtype] = None, revision: Optional[str] = None, cache_dir=None,
-         allow_pickle: bool = False) -> MaskCLIP:
+         allow_pickle: bool = False, autocast: Optional[torch.dtype] = None, compile: bool = False) -> MaskCLIP:
     """Load a pretrained model, in eval mode.
 
     Args:
@@ -216,13 +216,18 @@ def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] =
         device, dtype: where and in which floating dtype to put the weights (default CPU, fp32).
         revision: Hub branch, tag or commit.
         allow_pickle: read pickled ``.bin``/``.pt`` files (with ``torch.load(weights_only=True)``).
+        autocast: run the encoders in mixed precision (``torch.bfloat16`` or ``torch.float16``;
+            see ``MaskCLIP.autocast``), the weights staying in ``dtype``.
+        compile: ``torch.compile`` the towers (``MaskCLIP.compile``); the first calls compile.
     """
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise InputTypeError(f"dtype must be a floating torch.dtype such as torch.float16; got {dtype!r}")
     config, sd = resolve(name, revision, cache_dir, allow_pickle)
     model = build(config, sd, source=str(name))
     model.to(device=device or "cpu", dtype=dtype)
-    return model.eval()
+    model.autocast = autocast
+    model.eval()
+    return model.compile() if compile else model
 
 
 def build(config: ModelConfig, sd: Dict[str, torch.Tensor], source: str = "the checkpoint") -> MaskCLIP:

@@ -2,7 +2,8 @@
 
 Parameter names follow OpenAI CLIP / open_clip (``ln_1``, ``attn.in_proj_weight``, ``mlp.c_fc``, ...)
 so their state dicts load without renaming. Tensors are batch first: ``[B, N, D]``.
-Attention goes through ``F.scaled_dot_product_attention`` (fused kernels on CPU and GPU).
+Attention goes through ``F.scaled_dot_product_attention`` (fused kernels on CPU and GPU); linear
+layers go through ``linear``, which picks oneDNN's kernel for fp32 inference on the CPU.
 """
 from __future__ import annotations
 
@@ -19,6 +20,52 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+def _onednn_linear_op():
+    """oneDNN's fused linear (what torch.compile's CPU backend emits), or None if this torch lacks it."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_linear_op()
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled()
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True for fp32 CPU inference outside autocast and torch.compile, with oneDNN enabled.
+
+    On CPU, torch's fp32 ``F.linear`` calls MKL's sgemm; oneDNN's kernel computes the same product
+    (fp32 accumulation, same results to ~1e-6 relative) about twice as fast on AVX-512 CPUs
+    (docs/performance.md). It has no autograd formula, hence inference only. Autocast and
+    torch.compile have their own linear lowering, so they keep ``F.linear``.
+    ``torch.backends.mkldnn.flags(enabled=False)`` turns this path off.
+    """
+    return (not _is_compiling() and _ONEDNN_LINEAR is not None
+            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and x.device.type == "cpu" and weight.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not _cpu_autocast() and torch._C._get_mkldnn_enabled())
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           gelu: bool = False) -> torch.Tensor:
+    """``F.linear`` (then exact GELU if ``gelu``), on oneDNN's fused kernel when ``_use_onednn``."""
+    if _use_onednn(x, weight):
+        if gelu:
+            return _ONEDNN_LINEAR(x, weight, bias, "gelu", [], "none")
+        return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+    out = F.linear(x, weight, bias)
+    return F.gelu(out) if gelu else out
 
 
 def make_activation(name: str) -> nn.Module:
@@ -44,14 +91,14 @@ class Attention(nn.Module):
     def qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``[B, N, D]`` -> q, k, v each ``[B, heads, N, D / heads]``."""
         B, N, D = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias)
         qkv = qkv.view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         return qkv.unbind(0)
 
     def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, heads, N, d]`` -> ``[B, N, heads * d]`` through the output projection."""
         B, H, N, d = x.shape
-        return self.out_proj(x.transpose(1, 2).reshape(B, N, H * d))
+        return linear(x.transpose(1, 2).reshape(B, N, H * d), self.out_proj.weight, self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         q, k, v = self.qkv(x)
@@ -66,7 +113,15 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.gelu(self.c_fc(x)))
+        fc, proj = self.c_fc, self.c_proj
+        if isinstance(self.gelu, nn.GELU) and self.gelu.approximate == "none":
+            return linear(linear(x, fc.weight, fc.bias, gelu=True), proj.weight, proj.bias)
+        h = linear(x, fc.weight, fc.bias)
+        if isinstance(self.gelu, QuickGELU) and not h.requires_grad:
+            # The same operations, in place where the tensor is this call's own: the hidden
+            # activations are the model's biggest tensors, and each fresh one costs page faults.
+            return linear(h.mul_((h * 1.702).sigmoid_()), proj.weight, proj.bias)
+        return linear(self.gelu(h), proj.weight, proj.bias)
 
 
 class Block(nn.Module):

@@ -7,6 +7,7 @@ and validates them here, at the boundary.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -42,6 +43,7 @@ class MaskCLIP(nn.Module):
         self.text = TextTower(config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
         self.preprocess = transforms.Preprocess(config.preprocess)
+        self._autocast: Optional[torch.dtype] = None
 
     # --- properties --------------------------------------------------------------------------
 
@@ -56,6 +58,40 @@ class MaskCLIP(nn.Module):
     @property
     def embed_dim(self) -> int:
         return self.config.embed_dim
+
+    @property
+    def autocast(self) -> Optional[torch.dtype]:
+        """Mixed precision of the encoders: ``torch.bfloat16``/``torch.float16``, or ``None`` (off).
+
+        When set, ``encode_*`` and ``dense_features`` run under ``torch.autocast`` on the model's
+        device (matrix products in that dtype, norms and softmax in fp32, weights untouched) and
+        return the model's dtype. bf16 is the one to use on CPUs with AVX-512 BF16 or AMX.
+        """
+        return self._autocast
+
+    @autocast.setter
+    def autocast(self, dtype: Optional[torch.dtype]) -> None:
+        if dtype not in (None, torch.bfloat16, torch.float16):
+            raise InputError(f"autocast must be None, torch.bfloat16 or torch.float16; got {dtype!r}")
+        self._autocast = dtype
+
+    def _compute(self):
+        """The context the encoders run in: ``torch.autocast`` when ``self.autocast`` is set."""
+        if self._autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast)
+
+    def compile(self, **kwargs) -> "MaskCLIP":
+        """``torch.compile`` the transformer of each tower in place; ``kwargs`` go to ``torch.compile``.
+
+        The encoders call the towers, so every ``encode_*``, ``dense_features`` and ``forward`` runs
+        compiled (``nn.Module.compile`` would compile only ``forward``). The first call of each
+        input shape compiles (tens of seconds on CPU); text lengths vary, so the text side compiles
+        with dynamic shapes. Returns the model.
+        """
+        self.visual.transformer.compile(**kwargs)
+        self.text.transformer.compile(**{"dynamic": True, **kwargs})
+        return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.transformer.grad_checkpointing = enable
@@ -116,12 +152,16 @@ class MaskCLIP(nn.Module):
         Float tensors are taken as already preprocessed (as in open_clip); uint8 tensors,
         PIL images and paths are preprocessed with ``self.preprocess``.
         """
-        feats = self.visual(self.image_batch(images))
+        x = self.image_batch(images)
+        with self._compute():
+            feats = self.visual(x).to(self.dtype)
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def encode_text(self, texts, normalize: bool = False) -> torch.Tensor:
         """Texts (str | list[str] | token ids ``[B, L]``) -> embeddings ``[B, E]``."""
-        feats = self.text(self.text_batch(texts))
+        tokens = self.text_batch(texts)
+        with self._compute():
+            feats = self.text(tokens).to(self.dtype)
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,7 +177,9 @@ class MaskCLIP(nn.Module):
         gives a 28 x 28 grid at patch 16); float tensors are used at their own size.
         """
         segmentation.check_method(method)
-        feats = dense.dense_features(self.visual, self.image_batch(images, size=image_size), method)
+        x = self.image_batch(images, size=image_size)
+        with self._compute():
+            feats = dense.dense_features(self.visual, x, method).to(self.dtype)
         return F.normalize(feats, dim=1) if normalize else feats
 
     # --- zero-shot ---------------------------------------------------------------------------

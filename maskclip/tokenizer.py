@@ -5,10 +5,10 @@ split into pre-tokens with CLIP's regex -> BPE each pre-token over its UTF-8 byt
 A batch becomes `[SOT] + ids + [EOT]` per row, zero padded to `[B, context_length]`.
 
 It matches `open_clip.SimpleTokenizer(clean="lower")` exactly (the tests compare every id), and is
-several times faster on typical captions: BPE results are cached per pre-token, ftfy is skipped for
-texts it provably leaves unchanged, and the output tensor is built in one call.
+several times faster on typical captions (benchmarks/run.py): BPE results are cached per pre-token
+in a dict that computes its misses (so a hit costs one C-level lookup), ftfy is skipped for texts it
+provably leaves unchanged, and the output is written into one numpy buffer.
 """
-import array
 import gzip
 import html
 import importlib.resources
@@ -16,8 +16,10 @@ import json
 import os
 import re
 import threading
+from itertools import chain
 
 import ftfy
+import numpy as np
 import regex
 import torch
 
@@ -100,6 +102,25 @@ def _merge_lowest_pair(symbols: list, ranks: dict) -> list:
     return merged
 
 
+class _WordCache(dict):
+    """{pre-token: ids} that BPE-encodes its misses and empties itself when full.
+
+    Lookups are plain dict lookups (C speed, atomic under the GIL, so threads can share it); only a
+    miss runs Python. Emptying when full is cheap and keeps the values immutable tuples.
+    """
+
+    def __init__(self, encode, size: int):
+        super().__init__()
+        self._encode, self._size = encode, size
+
+    def __missing__(self, word: str) -> tuple:
+        ids = self._encode(word)
+        if len(self) >= self._size:
+            self.clear()
+        self[word] = ids
+        return ids
+
+
 class Tokenizer:
     """CLIP's BPE tokenizer: `tokenizer(texts) -> LongTensor [B, context_length]`.
 
@@ -128,7 +149,7 @@ class Tokenizer:
         self._byte_table = str.maketrans({chr(b): s for b, s in byte_symbols.items()})
         self._symbol_to_latin1 = str.maketrans({s: chr(b) for b, s in byte_symbols.items()})
         self._space_symbol = byte_symbols[ord(" ")]
-        self._cache = {}
+        self._cache = _WordCache(self._bpe_ids, cache_size)
 
     def _bpe_ids(self, word: str) -> tuple:
         """Ids of one pre-token (uncached): special token, or BPE over its UTF-8 byte symbols."""
@@ -144,16 +165,6 @@ class Tokenizer:
             symbols = merged
         return tuple(self._encoder[s] for s in symbols)
 
-    def _word_ids(self, word: str) -> tuple:
-        """Ids of one pre-token through the bounded cache (emptied when full: cheap and thread-safe)."""
-        ids = self._cache.get(word)
-        if ids is None:
-            ids = self._bpe_ids(word)
-            if len(self._cache) >= self.cache_size:
-                self._cache.clear()
-            self._cache[word] = ids
-        return ids
-
     def encode(self, text: str) -> list:
         """BPE ids of one text, without SOT/EOT and without truncation."""
         if not isinstance(text, str):
@@ -164,12 +175,7 @@ class Tokenizer:
         """`encode` without the type check (callers have checked)."""
         text = clean_text(text)
         pattern = _ASCII_PRETOKEN_RE if text.isascii() else _PRETOKEN_RE
-        ids = []
-        cache = self._cache
-        for word in pattern.findall(text):
-            word_ids = cache.get(word)
-            ids += word_ids if word_ids is not None else self._word_ids(word)
-        return ids
+        return list(chain.from_iterable(map(self._cache.__getitem__, pattern.findall(text))))
 
     def __call__(self, texts, context_length=None, truncate: bool = True) -> torch.Tensor:
         """Tokenize a str or a list/tuple of str into `LongTensor [B, context_length]`.
@@ -192,22 +198,17 @@ class Tokenizer:
     def _pack(self, rows: list, length: int) -> torch.Tensor:
         """Rows of BPE ids -> `LongTensor [B, length]`: SOT, ids cut to `length - 2`, EOT, zeros.
 
-        Converts only the non-padding ids, once for the whole batch (through a stdlib array, which
-        is several times faster than torch.tensor on a list), then scatters them with a row-major
-        mask; per-row tensors or a padded list dominate the run time on short captions otherwise.
+        Written row by row into one zeroed numpy buffer, which torch then shares: per-row tensors,
+        or padding Python lists, cost several times more on short captions.
         """
         width = length - 2
-        sot, eot = self.sot_token_id, self.eot_token_id
-        flat, lengths = [], []
-        for ids in rows:
-            flat.append(sot)
-            flat += ids[:width]
-            flat.append(eot)
-            lengths.append(min(len(ids), width) + 2)
-        values = torch.frombuffer(array.array("q", flat), dtype=torch.int64)
-        out = torch.zeros(len(rows), length, dtype=torch.int64)
-        out[torch.arange(length) < torch.tensor(lengths)[:, None]] = values
-        return out
+        out = np.zeros((len(rows), length), dtype=np.int64)
+        out[:, 0] = self.sot_token_id
+        for row, ids in zip(out, rows):
+            n = min(len(ids), width)
+            row[1:n + 1] = ids[:n]
+            row[n + 1] = self.eot_token_id
+        return torch.from_numpy(out)
 
     def decode(self, ids) -> str:
         """Text of a sequence of ids (list of int or 1-D tensor), words separated by single spaces.

@@ -87,15 +87,21 @@ def check_labels(labels, allow_duplicates: bool = False) -> List[str]:
 
 @torch.no_grad()
 def build_classifier(model, classnames: Sequence[str], templates: Templates = None,
-                     batch_size: int = 1024) -> torch.Tensor:
-    """Class names x templates -> zero-shot classifier ``[E, C]`` (unit-norm columns)."""
+                     batch_size: int = 8192) -> torch.Tensor:
+    """Class names x templates -> zero-shot classifier ``[E, C]`` (unit-norm columns).
+
+    Prompts are encoded about ``batch_size`` at a time (whole classes per chunk), which the text
+    tower runs in buckets of similar length: a large chunk gives the buckets more to choose from.
+    """
     classnames = check_labels(classnames, allow_duplicates=True)
     templates = resolve_templates(templates)
-    prompts = [t.replace("{}", c) for c in classnames for t in templates]
-    chunks = [model.encode_text(prompts[i:i + batch_size], normalize=True)
-              for i in range(0, len(prompts), batch_size)]
-    emb = torch.cat(chunks).view(len(classnames), len(templates), -1).mean(dim=1)
-    return F.normalize(emb, dim=-1).T.contiguous()
+    per_chunk = max(1, batch_size // len(templates))
+    chunks = []
+    for i in range(0, len(classnames), per_chunk):
+        prompts = [t.replace("{}", c) for c in classnames[i:i + per_chunk] for t in templates]
+        emb = model.encode_text(prompts, normalize=True)
+        chunks.append(emb.view(-1, len(templates), emb.shape[-1]).mean(dim=1))
+    return F.normalize(torch.cat(chunks), dim=-1).T.contiguous()
 
 
 @torch.no_grad()
