@@ -1,6 +1,6 @@
 """Patch features in the joint image-text space, and where a text matches inside an image.
 
-    python examples/dense_features.py [--model openai-vitb16] [--method clearclip] [IMAGE] [--text "a red circle"]
+    python examples/dense_features.py [--model tiny-shapes] [--method clearclip] [IMAGE] [--text "a red circle"]
 """
 import argparse
 from pathlib import Path
@@ -12,7 +12,7 @@ import maskclip
 HERE = Path(__file__).parent
 parser = argparse.ArgumentParser()
 parser.add_argument("image", nargs="?", default=str(HERE / "images" / "red_circle.png"))
-parser.add_argument("--model", default="openai-vitb16")
+parser.add_argument("--model", default="tiny-shapes")
 parser.add_argument("--method", default="clearclip", choices=["vanilla", "maskclip", "sclip", "clearclip"])
 parser.add_argument("--text", default="a red circle")
 args = parser.parse_args()

@@ -1,6 +1,6 @@
 """Zero-shot segmentation: a label per pixel, saved as a coloured overlay with a legend.
 
-    python examples/segment.py [--model openai-vitb16] [IMAGE] [--out overlay.png]
+    python examples/segment.py [--model tiny-shapes] [IMAGE] [--out overlay.png]
 """
 import argparse
 from pathlib import Path
@@ -12,7 +12,7 @@ from maskclip.visualize import overlay
 HERE = Path(__file__).parent
 parser = argparse.ArgumentParser()
 parser.add_argument("image", nargs="?", default=str(HERE / "images" / "red_circle.png"))
-parser.add_argument("--model", default="openai-vitb16")
+parser.add_argument("--model", default="tiny-shapes")
 parser.add_argument("--out", default="overlay.png")
 args = parser.parse_args()
 

@@ -1,6 +1,6 @@
 """Zero-shot classification in three lines.
 
-    python examples/zero_shot.py [--model openai-vitb16] [IMAGE ...]
+    python examples/zero_shot.py [--model tiny-shapes] [IMAGE ...]
 """
 import argparse
 from pathlib import Path
@@ -10,7 +10,7 @@ import maskclip
 HERE = Path(__file__).parent
 parser = argparse.ArgumentParser()
 parser.add_argument("images", nargs="*", default=sorted(str(p) for p in (HERE / "images").glob("*.png")))
-parser.add_argument("--model", default="openai-vitb16")
+parser.add_argument("--model", default="tiny-shapes")
 args = parser.parse_args()
 
 labels = ["a red circle", "a blue square", "a green triangle"]

@@ -196,6 +196,15 @@ def _resolve_registered(name: str, revision: Optional[str], cache_dir):
     if not entry.get("weights_available", True):
         raise WeightsUnavailableError(f"no public weights exist for {name!r}. {entry.get('unavailable_reason', '')} "
                                       f"Instead: {entry.get('instead', '')}".strip())
+    if entry.get("bundled"):
+        folder = Path(str(resources.files("maskclip").joinpath(entry["bundled"])))
+        if not (folder / io.NATIVE_WEIGHTS).is_file():
+            raise ModelNotFoundError(f"the bundled model {name!r} is missing from this installation ({folder}); "
+                                     "reinstall maskclip")
+        _verify_sha256(folder / io.NATIVE_WEIGHTS, entry.get("sha256"), name)
+        config, sd = io.read_folder(folder)
+        config.name = name
+        return config, {k: v.float() for k, v in sd.items()}  # stored in fp16 to keep the wheel small
     files = (entry["config_file"], entry["weights_file"]) if entry.get("config_file") else None
     folder = _hub_folder(entry["repo"], revision, cache_dir, files, entry.get("sha256") if files else None, name)
     config, sd = io.read_folder(folder)

@@ -63,10 +63,11 @@ def test_every_recipe_trains_20_steps_with_a_finite_falling_loss(recipe, shards,
 @pytest.mark.parametrize("overrides", [
     {"maskclip.masking.mode": "token", "maskclip.masking.strategy": "block"},
     {"maskclip.loss": "cosine", "maskclip.text": False},
+    {"maskclip.contrastive_view": "masked", "maskclip.decoder.width": 32},
     {"patch_dropout": 0.5, "accum_steps": 2, "grad_clip": 1.0, "grad_checkpointing": True},
     {"precision": "bf16"},
     {"precision": "fp16"},
-], ids=["mask-tokens-blocks", "cosine-no-text", "flip-accum-clip-ckpt", "bf16", "fp16"])
+], ids=["mask-tokens-blocks", "cosine-no-text", "masked-contrastive-narrow-decoder", "flip-accum-clip-ckpt", "bf16", "fp16"])
 def test_options_train_to_finite_losses(overrides, shards, tmp_path):
     summary = train(tiny("maskclip", shards, steps=4, **overrides), tmp_path / "run")
     assert summary["steps"] == 4

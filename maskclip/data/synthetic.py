@@ -135,6 +135,30 @@ class SyntheticShapes(Dataset):
         return int(index) % self.n
 
 
+SPEC_PREFIX = "synthetic:"
+
+
+def from_spec(spec: str, default_size: Union[int, Sequence[int]] = 64) -> "SyntheticShapes":
+    """``"synthetic:SPLIT[,n=N][,size=S|HxW][,seed=K][,label=NAME]"`` -> the dataset it names."""
+    if not isinstance(spec, str) or not spec.startswith(SPEC_PREFIX):
+        raise InputError(f"expected 'synthetic:SPLIT[,n=N,size=S,seed=K,label=NAME]'; got {spec!r}")
+    split, *options = spec[len(SPEC_PREFIX):].split(",")
+    kwargs = {"size": default_size}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or key not in ("n", "size", "seed", "label"):
+            raise InputError(f"bad option {option!r} in {spec!r}; expected n=N, size=S or HxW, seed=K, label=NAME")
+        kwargs[key] = {"label": str, "size": parse_size}.get(key, _parse_int)(value)
+    return SyntheticShapes(split, **kwargs)
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"expected an integer in a synthetic: option; got {text!r}") from None
+
+
 def parse_size(text: str) -> Union[int, Tuple[int, int]]:
     """``"64"`` -> 64, ``"48x64"`` -> (48, 64) (height x width), as written on a command line."""
     try:

@@ -144,32 +144,15 @@ def _override(ds: EvalSet, classnames, segmentation_classes) -> EvalSet:
 
 
 def _synthetic(spec: str, default_size: int) -> EvalSet:
-    from ..data.synthetic import SyntheticShapes, parse_size
+    from ..data.synthetic import from_spec
 
-    split, *options = spec[len(SYNTHETIC):].split(",")
-    kwargs = {"size": default_size}
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep or key not in ("n", "size", "seed", "label"):
-            raise InputError(f"bad option {option!r} in {spec!r}; expected n=N, size=S or HxW, seed=K, label=NAME")
-        kwargs[key] = {"label": str, "size": parse_size}.get(key, _int)(value)
-    gen = SyntheticShapes(split, **kwargs)
+    gen = from_spec(spec, default_size)
 
     def get(i: int) -> Record:
         s = gen[i]
         return Record(s.image, s.meta["label"], tuple(s.captions), s.mask)
 
     return EvalSet(spec, len(gen), get, gen.classnames, gen.segmentation_classes, gen.templates)
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise InputError(f"expected an integer in a synthetic: option; got {text!r}") from None
-
-
-# --- files ---------------------------------------------------------------------------------------------
 
 
 def _folder(root: Path) -> EvalSet:

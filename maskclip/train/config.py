@@ -72,6 +72,10 @@ class MaskCLIPConfig:
     """Masked self-distillation. The paper fixes the idea; every number here is ours (RECIPES.md)."""
 
     weight: float = 1.0  # ours
+    # "full": the student's full-image pass gives the contrastive loss (as CLIP; the paper's design);
+    # "masked": the masked student's pooled tokens do (FLIP-style): no full-image student pass, about
+    # CLIP's cost; an opt-in of ours, not the paper's
+    contrastive_view: str = "full"
     loss: str = "soft"  # "soft" (prototypes, iBOT style) | "cosine"; ours: soft
     num_prototypes: int = 8192  # ours
     head_hidden_dim: int = 2048  # ours (DINO's head)
@@ -217,6 +221,7 @@ class TrainConfig:
             _check_masking(section.masking)
             _choice("decoder pos_embed", section.decoder.pos_embed, ("learned", "sincos"))
         _choice("maskclip loss", self.maskclip.loss, ("soft", "cosine"))
+        _choice("maskclip contrastive_view", self.maskclip.contrastive_view, ("full", "masked"))
         if not 0 < self.maskclip.text_mask_ratio < 1:
             raise ConfigError(f"maskclip.text_mask_ratio must be in (0, 1); got {self.maskclip.text_mask_ratio}")
         return self

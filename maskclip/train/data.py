@@ -22,6 +22,7 @@ import csv
 import glob
 import io
 import itertools
+import json
 import random
 import re
 import tarfile
@@ -112,8 +113,21 @@ class ShardSource:
         for path in paths:
             for key, parts in tar_samples(path):
                 image = next((parts[e] for e in IMAGE_EXTS if e in parts), b"")
-                caption = parts.get("txt", b"")
-                yield key, image, caption.decode("utf-8", "replace") if isinstance(caption, bytes) else caption
+                yield key, image, _captions(parts)
+
+
+def _captions(parts: Dict[str, bytes]) -> Union[str, List[str]]:
+    """A sample's caption(s): the ``.json``'s ``captions`` list or ``caption`` when present, else the ``.txt``."""
+    if "json" in parts:
+        try:
+            meta = json.loads(parts["json"])
+        except (ValueError, UnicodeDecodeError):
+            meta = None
+        if isinstance(meta, dict):
+            found = meta.get("captions") or meta.get("caption")
+            if isinstance(found, (str, list)) and found:
+                return found
+    return parts.get("txt", b"").decode("utf-8", "replace")
 
 
 class IndexedSource:

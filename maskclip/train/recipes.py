@@ -176,8 +176,12 @@ class MaskCLIPRecipe(Recipe):
     def forward(self, batch: Batch, generator: torch.Generator) -> Dict[str, torch.Tensor]:
         c = self.cfg.maskclip
         images, text = batch["image"], batch["text"]
-        out = super().forward(batch, generator)
         tokens, mask, grid = self.masked_student(images, c.masking, generator, self.mask_token)
+        if c.contrastive_view == "masked":
+            out = self.clip_terms(self.model.visual.pool(tokens), self.model.text(text))
+            out["loss"] = out["loss_clip"]
+        else:
+            out = super().forward(batch, generator)
         pred = self.decoder(tokens, mask, grid)[mask.mask]
         with torch.no_grad():
             t_visual = self.teacher["visual"]
