@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-DEFAULT_MODEL = os.environ.get("MASKCLIP_MODEL", "openai-vitb16")
+DEFAULT_MODEL = os.environ.get("MASKCLIP_MODEL", "tiny-shapes")
 
 
 class CLIError(Exception):

@@ -93,3 +93,13 @@ def test_installed_wheel_ships_merges_and_tokenizes_like_the_source_tree(tmp_pat
     assert not pathlib.Path(report["maskclip"]).resolve().is_relative_to(REPO_ROOT)
     assert report["ids"] == tokenize(TEXTS).tolist()
     assert report["ids"][0][:7] == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+    # The data the package reads at run time ships too, and the bundled model loads from the wheel offline.
+    assert {"maskclip/weights/tiny-shapes/model.safetensors", "maskclip/weights/tiny-shapes/config.json",
+            "maskclip/train/presets.json", "maskclip/data/synthetic.json", "maskclip/data/registry.json"} <= names
+    loaded = subprocess.run([str(python), "-c", "import maskclip; m = maskclip.load('tiny-shapes'); "
+                             "print(maskclip.__file__, m.classify(maskclip.data.SyntheticShapes('test', 32, 2)[0].image, "
+                             "['a red circle', 'a blue square']).shape)"],
+                            cwd=tmp_path, env=env, check=True, capture_output=True, text=True, timeout=120)
+    where, shape = loaded.stdout.split(" ", 1)
+    assert pathlib.Path(where).resolve().is_relative_to(venv) and shape.strip() == "torch.Size([1, 2])"
