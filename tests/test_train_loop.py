@@ -259,3 +259,15 @@ def test_cli_trains_exports_and_refuses_to_overwrite(shards, tmp_path):
     torch.testing.assert_close(a.encode_text("a red circle"), b.encode_text("a red circle"))
     bad = _cli("train", "--recipe", "clip", "--preset", "tiny", "--out", str(tmp_path / "x"), "--set", "lr=fast")
     assert bad.returncode == 2 and "train.lr must be float" in bad.stderr
+
+
+def test_the_periodic_zero_shot_evaluation_is_logged(shards, tmp_path):
+    from maskclip.train.evaluation import zero_shot_hook
+
+    spec = "synthetic:val,n=16,size=32"
+    train(tiny("clip", shards, steps=4, eval_every=2, eval_data=spec), tmp_path / "run", eval_fn=zero_shot_hook(spec))
+    evals = [r for r in metrics(tmp_path / "run") if "eval/zeroshot_top1" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(0.0 <= r["eval/zeroshot_top1"] <= 1.0 for r in evals)
+    with pytest.raises(maskclip.InputError):
+        zero_shot_hook("synthetic:nosuchsplit")
