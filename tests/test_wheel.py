@@ -26,7 +26,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEXTS = ["a photo of a cat", "", "Ünïcödé &amp; émoji 👍🏽", "a " * 100]
 # Not part of a build; weights and run outputs may be large.
 NOT_SOURCE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis",
-                                    ".pytest_cache", ".venv", "runs", "*.safetensors", "*.pt", "*.bin")
+                                    ".pytest_cache", ".venv", "runs", "*.pt", "*.bin")
 
 CHILD_SCRIPT = """
 import importlib.resources, json, sys
