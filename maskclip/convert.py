@@ -35,7 +35,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Seq
 
 import torch
 
-from .config import (FORMAT_VERSION, ModelConfig, PreprocessConfig, TextConfig, VisionConfig)
+from .config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
 from .errors import ConfigError, WeightsError
 from .layers import sincos_2d
 

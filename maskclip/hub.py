@@ -67,13 +67,6 @@ def _close_names(name: str, names: List[str]) -> List[str]:
 
 # --- Hub downloads -------------------------------------------------------------------------
 
-def _hub_errors():
-    from huggingface_hub import errors as e
-
-    return (e.EntryNotFoundError, e.LocalEntryNotFoundError, e.RepositoryNotFoundError,
-            e.RevisionNotFoundError, e.GatedRepoError, e.HfHubHTTPError, e.OfflineModeIsEnabled)
-
-
 def hub_file(repo: str, filename: str, revision: Optional[str] = None, cache_dir=None) -> Optional[Path]:
     """Download (or find in the cache) one file of a Hub repo; ``None`` if the repo lacks it."""
     from huggingface_hub import hf_hub_download

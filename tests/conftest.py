@@ -67,3 +67,13 @@ def rgb_image():
     g = torch.Generator().manual_seed(1)
     arr = (torch.rand(48, 80, 3, generator=g) * 255).to(torch.uint8).numpy()
     return Image.fromarray(arr, "RGB")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one intra-op thread for a module of tiny tensors (``pytestmark = usefixtures("one_thread")``):
+    on a busy 2-core machine, more threads only add spin-waiting, which made each op ~30x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

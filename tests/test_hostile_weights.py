@@ -45,12 +45,7 @@ def micro_model(seed: int = 0) -> MaskCLIP:
     return model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Original(tuple):

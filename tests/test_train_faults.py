@@ -1,7 +1,6 @@
 """Training faults (issue 6): kill -9 at random points, a full disk, bad samples; nothing a run saved is lost."""
 import errno
 import json
-import os
 import random
 import signal
 import subprocess

@@ -31,14 +31,7 @@ HIGH_BIT_MODES = ["I;16", "I;16L", "I;16B", "I;16N", "I", "F"]
 ALL_MODES = ["RGB", "La"] + ORDINARY_MODES + HIGH_BIT_MODES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Per-image tensors are small; on a busy 2-core machine intra-op threads made each op
-    # ~30x slower (spin-waiting), which would dominate this file's run time.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,11 +14,13 @@ too. Reading skips, and counts, samples that cannot be decoded and shards that e
 """
 from __future__ import annotations
 
+import glob
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -98,23 +100,72 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def shard_paths(source) -> List[Path]:
-    """A manifest ``.json``, a ``.tar``, a folder of ``.tar`` files, or a list of ``.tar`` paths -> shard paths."""
-    if isinstance(source, (list, tuple)):
-        paths = [Path(p) for p in source]
+    """Shard paths from one spec or a list of them; a spec is a manifest ``.json``, a folder of ``.tar``
+    files, or a ``.tar`` path, which may use brace ranges (``data/{00000..00099}.tar``) and globs."""
+    specs = list(source) if isinstance(source, (list, tuple)) else [source]
+    return [path for spec in specs for path in _spec_paths(spec)]
+
+
+def _spec_paths(spec) -> List[Path]:
+    p = Path(spec)
+    if p.suffix == ".json" and p.is_file():
+        paths = [p.parent / name for name in read_manifest(p)["shards"]]
+    elif p.is_dir():
+        paths = sorted(p.glob("*.tar"))
+        if not paths:
+            raise InputError(f"no .tar shards in folder {str(p)!r}")
     else:
-        p = Path(source)
-        if p.suffix == ".json" and p.is_file():
-            paths = [p.parent / name for name in read_manifest(p)["shards"]]
-        elif p.is_dir():
-            paths = sorted(p.glob("*.tar"))
-            if not paths:
-                raise InputError(f"no .tar shards in folder {str(p)!r}")
-        else:
-            paths = [p]
+        paths = []
+        for pattern in expand_braces(str(spec)):
+            found = [Path(f) for f in sorted(glob.glob(pattern))] if any(c in pattern for c in "*?[") else [Path(pattern)]
+            if not found:
+                raise InputError(f"shard {pattern!r} does not exist (no file matches)")
+            paths += found
     for path in paths:
         if not path.is_file():
-            raise InputError(f"shard not found: {str(path)!r}")
+            raise InputError(f"shard {str(path)!r} does not exist")
     return paths
+
+
+def expand_braces(pattern: str) -> List[str]:
+    """``"a{00..02}.tar"`` -> ``["a00.tar", "a01.tar", "a02.tar"]`` (zero padding kept); nests left to right."""
+    m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if not m:
+        return [pattern]
+    lo, hi = m.group(1), m.group(2)
+    width = len(lo) if lo.startswith("0") else 0
+    out = []
+    for i in range(int(lo), int(hi) + 1):
+        out += expand_braces(pattern[:m.start()] + str(i).zfill(width) + pattern[m.end():])
+    return out
+
+
+def tar_members(path, keep_partial: bool = False) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` per sample of a tar shard, read as a stream: consecutive members
+    sharing a key (the file name up to its first dot) form one sample (the webdataset convention).
+
+    A truncated or corrupt shard raises its error after the samples read so far; the sample it cut
+    off is yielded first only with ``keep_partial``.
+    """
+    key, members = None, {}
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name.rsplit("/", 1)[-1]
+                k, _, ext = name.partition(".")
+                if k != key and members:
+                    yield key, members
+                    members = {}
+                key = k
+                members[ext.lower()] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        if keep_partial and members:
+            yield key, members
+        raise
+    if members:
+        yield key, members
 
 
 def read_manifest(path) -> dict:
@@ -170,25 +221,12 @@ class TarShards(IterableDataset):
             yield from self._read(path)
 
     def _read(self, path: Path) -> Iterator[Sample]:
-        key, members = None, {}
         try:
-            with tarfile.open(path, "r|*") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    name = member.name.rsplit("/", 1)[-1]
-                    k, _, ext = name.partition(".")
-                    if k != key and members:
-                        yield from self._decode(path, key, members)
-                        members = {}
-                    key = k
-                    members[ext.lower()] = tar.extractfile(member).read()
+            for key, members in tar_members(path):
+                yield from self._decode(path, key, members)
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             self.broken_shards += 1
             self._note(f"{path.name}: shard ends early ({type(e).__name__}: {e})")
-            members = {}
-        if members:
-            yield from self._decode(path, key, members)
 
     def _decode(self, path: Path, key: str, members: dict) -> Iterator[Sample]:
         try:

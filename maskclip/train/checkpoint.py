@@ -99,19 +99,23 @@ def latest(root: Path) -> Optional[Path]:
     return next((p for _, p in checkpoints(root) if is_valid(p)), None)
 
 
-def load(folder: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Dict[str, Any]]:
-    """A checkpoint folder -> (model state, optimizer state, training state); restores the RNG states."""
-    model_state, state = load_model_state(folder)
+def load(folder: Path, check: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Dict[str, Any]]:
+    """A checkpoint folder -> (model state, optimizer state, training state); restores the RNG states.
+
+    ``check=False`` skips hashing the files again when the caller has just validated the folder
+    (``latest`` does).
+    """
+    model_state, state = load_model_state(folder, check)
     tensors = load_file(str(Path(folder) / "optimizer.safetensors"))
     optim_state = _unflatten_optimizer(tensors, state.pop("optimizer"))
     _restore_rng(tensors, state.pop("python_rng"))
     return model_state, optim_state, state
 
 
-def load_model_state(folder: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def load_model_state(folder: Path, check: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """The recipe's state and the training state of a checkpoint, without touching optimizer or RNG."""
     folder = Path(folder)
-    if not is_valid(folder):
+    if check and not is_valid(folder):
         raise WeightsError(f"{folder} is not a complete training checkpoint (no manifest, or files that do not "
                            "match it)")
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))

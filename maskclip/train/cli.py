@@ -15,11 +15,9 @@ from typing import List, Optional
 from ..errors import ConfigError
 from .config import RECIPES, TrainConfig, load_presets, parse_override
 
-# Flags that are shortcuts for config fields (flag dest -> field).
-_SHORTCUTS = {"data": "data", "steps": "steps", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-              "workers": "workers", "precision": "precision", "seed": "seed", "samples_per_epoch": "samples_per_epoch",
-              "distributed": "distributed", "eval_every": "eval_every", "eval_data": "eval_data",
-              "ckpt_every": "ckpt_every", "accum_steps": "accum_steps"}
+# Flags that set the config field of the same name.
+_SHORTCUTS = ("data", "steps", "epochs", "batch_size", "lr", "workers", "precision", "seed", "samples_per_epoch",
+              "distributed", "eval_every", "eval_data", "ckpt_every", "accum_steps")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,8 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args) -> TrainConfig:
     overrides = dict(parse_override(s) for s in args.set)
-    overrides.update({field: getattr(args, dest) for dest, field in _SHORTCUTS.items()
-                      if getattr(args, dest, None) is not None})
+    overrides.update({name: getattr(args, name) for name in _SHORTCUTS if getattr(args, name, None) is not None})
     saved = Path(args.out) / "config.json"
     if args.config:
         cfg = TrainConfig.from_json(args.config)
@@ -71,8 +68,7 @@ def run(args) -> dict:
     from .loop import train
 
     cfg = config_from_args(args)
-    summary = train(cfg, args.out, resume=args.resume, eval_fn=_eval_fn(cfg), stop_after=args.stop_after)
-    return summary
+    return train(cfg, args.out, resume=args.resume, eval_fn=_eval_fn(cfg), stop_after=args.stop_after)
 
 
 def _eval_fn(cfg: TrainConfig):

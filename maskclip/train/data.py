@@ -19,12 +19,10 @@ skipped and counted in the batch (``skipped``), never silently.
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import itertools
 import json
 import random
-import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import PreprocessConfig
+from ..data.shards import shard_paths, tar_members
 from ..errors import InputError
 from ..tokenizer import get_tokenizer
 from .augment import ContrastiveView, SimCLRView
@@ -45,57 +44,20 @@ Raw = Tuple[str, Union[bytes, Image.Image, str], Union[str, Sequence[str]]]  # k
 
 # --- sources ---------------------------------------------------------------------------------
 
-def expand_braces(pattern: str) -> List[str]:
-    """``"a{00..02}.tar"`` -> ``["a00.tar", "a01.tar", "a02.tar"]`` (zero padding kept); nests left to right."""
-    m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
-    if not m:
-        return [pattern]
-    lo, hi = m.group(1), m.group(2)
-    width = len(lo) if lo.startswith("0") else 0
-    out = []
-    for i in range(int(lo), int(hi) + 1):
-        out += expand_braces(pattern[:m.start()] + str(i).zfill(width) + pattern[m.end():])
-    return out
-
-
-def shard_paths(specs: Sequence[str]) -> List[str]:
-    paths = []
-    for spec in specs:
-        for pattern in expand_braces(spec):
-            found = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-            missing = [p for p in found if not Path(p).is_file()]
-            if missing or not found:
-                raise InputError(f"training shard {missing[0] if missing else pattern!r} does not exist")
-            paths += found
-    return paths
-
-
 def tar_samples(path: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
-    """Samples of one tar shard: consecutive members sharing a key (the name up to its first dot)."""
-    key, parts = None, {}
+    """Samples of one tar shard (``maskclip.data.shards.tar_members``); a truncated shard ends early,
+    its last sample handed on as read, so that decoding it fails and is counted."""
     try:
-        with tarfile.open(path, "r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = member.name.rsplit("/", 1)[-1]
-                k, _, ext = name.partition(".")
-                if k != key and parts:
-                    yield key, parts
-                    parts = {}
-                key = k
-                parts[ext.lower()] = tar.extractfile(member).read()
+        yield from tar_members(path, keep_partial=True)
     except (tarfile.TarError, OSError, EOFError):
-        pass  # a truncated shard ends early; what was read is kept, the rest counts as missing
-    if parts:
-        yield key, parts
+        pass
 
 
 class ShardSource:
     """Tar shards read sequentially; shards are dealt to slots, and shuffled within a buffer."""
 
     def __init__(self, specs: Sequence[str], shuffle_buffer: int = 1000):
-        self.paths = shard_paths(specs)
+        self.paths = [str(p) for p in shard_paths(list(specs))]
         self.shuffle_buffer = shuffle_buffer
         self.size: Optional[int] = None  # unknown without reading every shard
 
@@ -181,11 +143,12 @@ def open_source(specs: Sequence[str], csv_image_key: str = "image", csv_caption_
 
 
 def _permutation(n: int, *seed_parts) -> List[int]:
-    g = torch.Generator().manual_seed(_seed(*seed_parts))
+    g = torch.Generator().manual_seed(derive_seed(*seed_parts))
     return torch.randperm(n, generator=g).tolist()
 
 
-def _seed(*parts) -> int:
+def derive_seed(*parts) -> int:
+    """A 63-bit seed determined by ``parts`` (stable across processes and Python's hash seed)."""
     return int.from_bytes(random.Random("-".join(map(str, parts))).randbytes(8), "little") >> 1
 
 
@@ -245,7 +208,6 @@ class TrainStream(IterableDataset):
         self.view = ContrastiveView(pp, crop_scale)
         self.strong = SimCLRView(pp, strong_scale)
         self.epoch, self.start_step, self.offsets = 0, 0, None
-        self.num_workers = 1
 
     def set_position(self, epoch: int, start_step: int = 0, offsets: Optional[List[int]] = None) -> None:
         """Start ``epoch`` at ``start_step``; ``offsets[v]``: raw samples slot v had consumed by then."""
@@ -288,7 +250,6 @@ class TrainStream(IterableDataset):
 
 
 def make_loader(stream: TrainStream, workers: int, pin_memory: bool = False) -> DataLoader:
-    stream.num_workers = max(workers, 1)
     # An own generator keeps the loader from drawing on the global RNG, which a resume restores.
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(0),

@@ -31,7 +31,7 @@ from ..model import MaskCLIP
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import TrainConfig
-from .data import StreamSpec, TrainStream, _seed, make_loader, open_source
+from .data import StreamSpec, TrainStream, derive_seed, make_loader, open_source
 from .log import MetricsLog
 from .optim import build_optimizer, lr_at, set_lr
 from .recipes import Recipe, build_recipe
@@ -182,7 +182,7 @@ def _save(root: Path, recipe: Recipe, optimizer, scaler, state: RunState, cfg: T
 
 def _restore(folder: Path, recipe: Recipe, optimizer, scaler, info: dist.DistInfo, workers: int):
     """Load a checkpoint into the recipe and optimizer; returns the run state and a note for the log."""
-    model_state, optim_state, saved = ckpt.load(folder)
+    model_state, optim_state, saved = ckpt.load(folder, check=False)  # ckpt.latest validated it
     set_model_state_dict(recipe, model_state, options=StateDictOptions(full_state_dict=True))
     set_optimizer_state_dict(recipe, optimizer, optim_state, options=StateDictOptions(full_state_dict=True))
     if scaler is not None and saved.get("scaler"):
@@ -227,7 +227,7 @@ def _step(wrapped: nn.Module, recipe: Recipe, optimizer, scaler, micro: List[Dic
     terms: Dict[str, float] = {}
     for i, batch in enumerate(micro):
         batch = {k: batch[k].to(info.device, non_blocking=True) for k in ("image", "text", "views") if k in batch}
-        generator = torch.Generator().manual_seed(_seed(cfg.seed, "step", state.step, info.rank, i))
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "step", state.step, info.rank, i))
         last = i == len(micro) - 1
         no_sync = getattr(wrapped, "no_sync", None)
         with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
