@@ -37,7 +37,7 @@ METHODS = ["vanilla", "maskclip", "sclip", "clearclip"]
 
 
 def write_data(out: Path, n: int, seed: int) -> list:
-    from maskclip.data import SyntheticShapes, write_shards
+    from maskclip.datasets import SyntheticShapes, write_shards
 
     folder = out / "data"
     shards = sorted(folder.glob("*.tar"))

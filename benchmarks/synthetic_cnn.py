@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskclip.data.synthetic import SyntheticShapes
+from maskclip.datasets.synthetic import SyntheticShapes
 
 
 def tensors(split: str, n: int, size: int, label: str):

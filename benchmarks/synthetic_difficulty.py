@@ -16,7 +16,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from maskclip.data.synthetic import SyntheticShapes
+from maskclip.datasets.synthetic import SyntheticShapes
 from maskclip.eval.linear_probe import probe
 
 

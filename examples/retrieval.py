@@ -7,7 +7,7 @@ import argparse
 import torch
 
 import maskclip
-from maskclip.data import SyntheticShapes
+from maskclip.datasets import SyntheticShapes
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="tiny-shapes")

@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", default="maskclip", choices=["maskclip", "open_clip", "transformers"])
     sp.set_defaults(func=cmd_export)
 
-    from .data.cli import add_data_parser
+    from .datasets.cli import add_data_parser
     from .eval.cli import add_eval_parser
 
     add_eval_parser(sub, model_args)

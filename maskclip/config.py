@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from . import resources
 from .atomic import atomic_write_text
 from .errors import ConfigError
 
@@ -230,11 +231,8 @@ def _choice(name, value, choices):
 
 
 def architectures() -> Dict[str, Dict[str, Any]]:
-    """The named architectures bundled as data (``maskclip/data/architectures.json``)."""
-    from importlib import resources
-
-    text = resources.files("maskclip.data").joinpath("architectures.json").read_text(encoding="utf-8")
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+    """The named architectures bundled as data (``maskclip/resources/architectures.json``)."""
+    return resources.read_json("architectures.json")
 
 
 def architecture_config(name: str, act: Optional[str] = None) -> ModelConfig:

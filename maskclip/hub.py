@@ -7,18 +7,17 @@ or weights file, or ``hf-hub:org/repo[@revision]``. Hub files go through
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 from dataclasses import replace
 from functools import lru_cache
-from importlib import resources
+from importlib import resources as package_files
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from . import convert, io
+from . import convert, io, resources
 from .config import ModelConfig
 from .errors import ConfigError, InputTypeError, ModelNotFoundError, WeightsError, WeightsUnavailableError
 from .model import MaskCLIP
@@ -29,8 +28,7 @@ HUB_PREFIX = "hf-hub:"
 @lru_cache(maxsize=None)
 def registry() -> Dict[str, dict]:
     """Registered names -> entries (repo, layout, files, sha256, act, source, licence, ...)."""
-    text = resources.files("maskclip.data").joinpath("registry.json").read_text(encoding="utf-8")
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+    return resources.read_json("registry.json")
 
 
 def available_models() -> List[str]:
@@ -190,7 +188,7 @@ def _resolve_registered(name: str, revision: Optional[str], cache_dir):
         raise WeightsUnavailableError(f"no public weights exist for {name!r}. {entry.get('unavailable_reason', '')} "
                                       f"Instead: {entry.get('instead', '')}".strip())
     if entry.get("bundled"):
-        folder = Path(str(resources.files("maskclip").joinpath(entry["bundled"])))
+        folder = Path(str(package_files.files("maskclip").joinpath(entry["bundled"])))
         if not (folder / io.NATIVE_WEIGHTS).is_file():
             raise ModelNotFoundError(f"the bundled model {name!r} is missing from this installation ({folder}); "
                                      "reinstall maskclip")

@@ -6,14 +6,13 @@ L2-normalise again; the classifier is ``[E, C]`` and logits are
 """
 from __future__ import annotations
 
-import json
 from functools import lru_cache
-from importlib import resources
 from typing import List, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
+from . import resources
 from .errors import InputError, InputTypeError
 
 Templates = Union[None, str, Sequence[str]]
@@ -21,8 +20,7 @@ Templates = Union[None, str, Sequence[str]]
 
 @lru_cache(maxsize=None)
 def _template_sets() -> dict:
-    text = resources.files("maskclip.data").joinpath("templates.json").read_text(encoding="utf-8")
-    return {k: tuple(v) for k, v in json.loads(text).items() if not k.startswith("_")}
+    return {k: tuple(v) for k, v in resources.read_json("templates.json").items()}
 
 
 def template_sets() -> List[str]:
@@ -33,8 +31,7 @@ def template_sets() -> List[str]:
 @lru_cache(maxsize=None)
 def imagenet_classnames() -> List[str]:
     """The 1000 ImageNet class names of OpenAI CLIP's notebook, in class-index order."""
-    text = resources.files("maskclip.data").joinpath("imagenet_classnames.txt").read_text(encoding="utf-8")
-    return text.splitlines()
+    return resources.read_text("imagenet_classnames.txt").splitlines()
 
 
 def resolve_templates(templates: Templates) -> List[str]:

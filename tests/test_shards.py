@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from maskclip.data.shards import TarShards, find_manifests, read_manifest, shard_paths, write_shards
-from maskclip.data.synthetic import SyntheticShapes
+from maskclip.datasets.shards import TarShards, find_manifests, read_manifest, shard_paths, write_shards
+from maskclip.datasets.synthetic import SyntheticShapes
 from maskclip.errors import InputError
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from maskclip.data.captions import relation
-from maskclip.data.scene import Obj, Scene, vocabulary
-from maskclip.data.synthetic import (COLOURS, SEGMENTATION_CLASSES, SHAPES, SyntheticShapes, classnames,
+from maskclip.datasets.captions import relation
+from maskclip.datasets.scene import Obj, Scene, vocabulary
+from maskclip.datasets.synthetic import (COLOURS, SEGMENTATION_CLASSES, SHAPES, SyntheticShapes, classnames,
                                      parse_size)
 from maskclip.errors import InputError
 

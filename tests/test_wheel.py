@@ -96,9 +96,9 @@ def test_installed_wheel_ships_merges_and_tokenizes_like_the_source_tree(tmp_pat
 
     # The data the package reads at run time ships too, and the bundled model loads from the wheel offline.
     assert {"maskclip/weights/tiny-shapes/model.safetensors", "maskclip/weights/tiny-shapes/config.json",
-            "maskclip/train/presets.json", "maskclip/data/synthetic.json", "maskclip/data/registry.json"} <= names
-    loaded = subprocess.run([str(python), "-c", "import maskclip; m = maskclip.load('tiny-shapes'); "
-                             "print(maskclip.__file__, m.classify(maskclip.data.SyntheticShapes('test', 32, 2)[0].image, "
+            "maskclip/resources/presets.json", "maskclip/resources/synthetic.json", "maskclip/resources/registry.json"} <= names
+    loaded = subprocess.run([str(python), "-c", "import maskclip, maskclip.datasets; m = maskclip.load('tiny-shapes'); "
+                             "print(maskclip.__file__, m.classify(maskclip.datasets.SyntheticShapes('test', 32, 2)[0].image, "
                              "['a red circle', 'a blue square']).shape)"],
                             cwd=tmp_path, env=env, check=True, capture_output=True, text=True, timeout=120)
     where, shape = loaded.stdout.split(" ", 1)

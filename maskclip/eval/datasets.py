@@ -3,10 +3,10 @@
 ``open_dataset(spec)`` reads:
 
 - ``synthetic:SPLIT[,n=N][,size=S|HxW][,seed=K][,label=shape|colour_shape]``: the generated
-  benchmark (``maskclip.data.synthetic``), with labels, captions and masks;
+  benchmark (``maskclip.datasets.synthetic``), with labels, captions and masks;
 - a folder of class subfolders (ImageNet layout ``root/<class>/<image>``): labels; class names
   are the folder names with ``_`` read as a space;
-- a folder of ``.tar`` shards, a shard manifest ``.json`` or one ``.tar`` (``maskclip.data.shards``);
+- a folder of ``.tar`` shards, a shard manifest ``.json`` or one ``.tar`` (``maskclip.datasets.shards``);
 - a ``.csv`` / ``.tsv`` file with a header row: an image column (``image``, ``filepath``, ``path``
   or ``file``; relative paths are relative to the CSV's folder) and any of ``label`` (class
   name), ``caption`` / ``title`` / ``text`` (rows repeating an image add captions) and ``mask``
@@ -144,7 +144,7 @@ def _override(ds: EvalSet, classnames, segmentation_classes) -> EvalSet:
 
 
 def _synthetic(spec: str, default_size: int) -> EvalSet:
-    from ..data.synthetic import from_spec
+    from ..datasets.synthetic import from_spec
 
     gen = from_spec(spec, default_size)
 
@@ -225,7 +225,7 @@ def _read_mask(path: Path) -> np.ndarray:
 
 
 def _shards(path: Path) -> EvalSet:
-    from ..data.shards import TarShards
+    from ..datasets.shards import TarShards
 
     source, manifest = _shard_source(path)
     reader = TarShards(source)
@@ -242,7 +242,7 @@ def _shards(path: Path) -> EvalSet:
 
 def _shard_source(path: Path):
     """(what to read, its manifest or ``{}``): a manifest, a .tar, or a folder holding at most one shard set."""
-    from ..data.shards import find_manifests, read_manifest
+    from ..datasets.shards import find_manifests, read_manifest
 
     if path.suffix.lower() == ".json":
         return path, read_manifest(path)

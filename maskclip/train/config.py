@@ -12,10 +12,10 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from .. import resources
 from ..atomic import atomic_write_text
 from ..errors import ConfigError
 
@@ -240,9 +240,8 @@ def _choice(name: str, value, choices) -> None:
 
 
 def load_presets() -> Dict[str, Dict[str, Any]]:
-    """The bundled presets (``maskclip/train/presets.json``)."""
-    text = resources.files("maskclip.train").joinpath("presets.json").read_text(encoding="utf-8")
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+    """The bundled presets (``maskclip/resources/presets.json``)."""
+    return resources.read_json("presets.json")
 
 
 # --- dict <-> dataclass ----------------------------------------------------------------------

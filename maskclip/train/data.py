@@ -33,7 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import PreprocessConfig
-from ..data.shards import shard_paths, tar_members
+from ..datasets.shards import shard_paths, tar_members
 from ..errors import InputError
 from ..tokenizer import get_tokenizer
 from .augment import ContrastiveView, SimCLRView
@@ -45,7 +45,7 @@ Raw = Tuple[str, Union[bytes, Image.Image, str], Union[str, Sequence[str]]]  # k
 # --- sources ---------------------------------------------------------------------------------
 
 def tar_samples(path: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
-    """Samples of one tar shard (``maskclip.data.shards.tar_members``); a truncated shard ends early,
+    """Samples of one tar shard (``maskclip.datasets.shards.tar_members``); a truncated shard ends early,
     its last sample handed on as read, so that decoding it fails and is counted."""
     try:
         yield from tar_members(path, keep_partial=True)

@@ -5,7 +5,7 @@ resumable); every sample offers all of its captions, one of which is drawn per e
 """
 from __future__ import annotations
 
-from ..data.synthetic import from_spec
+from ..datasets.synthetic import from_spec
 from .data import IndexedSource
 
 

@@ -1,7 +1,7 @@
 """The synthetic shapes benchmark: 1-3 shapes on textured backgrounds, captions and label masks.
 
 ``SyntheticShapes(split, size, n, seed)`` is a map-style dataset generating each sample on the
-fly; ``maskclip.data.shards`` writes the same samples to tar shards.
+fly; ``maskclip.datasets.shards`` writes the same samples to tar shards.
 
 Conventions:
 

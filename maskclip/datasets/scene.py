@@ -7,15 +7,14 @@ so the same seed gives the same scene, captions and label at every image size.
 from __future__ import annotations
 
 import colorsys
-import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from typing import Dict, Tuple
 
 import numpy as np
 
+from .. import resources
 from .render import OUTLINE_SCALE, shape_mask
 
 REFERENCE = 128
@@ -29,8 +28,7 @@ FRONT = 0.15  # occluding this fraction of another object makes "in front of" th
 @lru_cache(maxsize=None)
 def vocabulary() -> dict:
     """The benchmark's words and parameters (``synthetic.json``)."""
-    text = resources.files("maskclip.data").joinpath("synthetic.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    return resources.read_json("synthetic.json")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Package data files (registry, architectures, templates, class names) and the synthetic shapes benchmark.
+"""Datasets: the synthetic shapes benchmark and its tar shards.
 
->>> from maskclip.data import SyntheticShapes, write_shards, TarShards
+>>> from maskclip.datasets import SyntheticShapes, write_shards, TarShards
 >>> image, captions, mask, meta = SyntheticShapes("train", size=64, n=1000, seed=0)[0]
 """
 from .shards import TarShards, write_shards
