@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numbers
 import os
-from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
@@ -24,21 +23,21 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import PreprocessConfig
-from .errors import ImageNotFoundError, ImageReadError, InputError, InputTypeError, MaskCLIPError
+from .errors import ImageReadError, InputError, InputTypeError
+from .images import HIGH_BIT_MODES, describe_error, open_image, over_pixel_limit, pixel_limit_message, rgb
 
 _PIL_FILTERS = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
 }
-_HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ACCEPTED = "a path, a PIL image, a uint8 or float torch tensor [3, H, W] / [B, 3, H, W], a uint8 numpy array [H, W, 3]"
 # Preprocessed pixels are normally within about +-3 (OpenAI mean/std); far beyond that a float
 # tensor is not a preprocessed image, and near float32's range the model's norms overflow to NaN.
 MAX_FLOAT_PIXEL = 1e4
 
 
-# --- loading -----------------------------------------------------------------------------------
+# --- loading ---------------------------------------------------------------------------------
 
 
 def load_image(x) -> Image.Image:
@@ -46,77 +45,20 @@ def load_image(x) -> Image.Image:
 
     Raises ``ImageNotFoundError`` for a missing path and ``ImageReadError`` for a directory,
     an undecodable / truncated file, or an image larger than ``PIL.Image.MAX_IMAGE_PIXELS``
-    (a possible decompression bomb, refused from the header before decoding).
+    (a possible decompression bomb, refused from the header before decoding); see
+    ``maskclip.images``, the decoder training and evaluation data use too.
     """
     if isinstance(x, Image.Image):
         return to_rgb(x)
     if isinstance(x, (str, os.PathLike)):
-        return to_rgb(_open_image(x))
+        return rgb(open_image(x))
     raise InputTypeError(f"load_image expects a path (str or os.PathLike) or a PIL image; got {type(x).__name__}")
-
-
-def _open_image(path) -> Image.Image:
-    """Decode the image file at ``path`` in its own mode (RGBA, P, I;16, ...); the file is closed on return."""
-    p = Path(os.fspath(path))
-    try:
-        exists, is_dir = p.exists(), p.is_dir()
-    except OSError as e:  # e.g. a file name longer than the file system allows
-        raise ImageReadError(f"cannot read image {_preview(str(p))!r}: {_reason(e)}") from None
-    if not exists:
-        raise ImageNotFoundError(f"image file not found: {_preview(str(p))!r}")
-    if is_dir:
-        raise ImageReadError(f"cannot read image {str(p)!r}: it is a directory, not an image file")
-    try:
-        with Image.open(p) as im:
-            _refuse_bomb(im, p)
-            im.load()
-            # Leaving the block closes the file (load() alone leaves multi-frame files open);
-            # the loaded pixels stay usable.
-            return im
-    except MaskCLIPError:
-        raise
-    except Exception as e:  # PIL plugins raise OSError, SyntaxError, ValueError, struct.error, ... on bad data
-        raise ImageReadError(f"cannot read image {str(p)!r}: {_reason(e)}") from e
-
-
-def _refuse_bomb(im: Image.Image, path: Path) -> None:
-    """Refuse more than ``Image.MAX_IMAGE_PIXELS`` pixels, PIL's warning level, as an error.
-
-    PIL itself only warns between 1x and 2x the limit; checking the header size here turns
-    that band into an error without touching global warning filters or PIL settings.
-    """
-    if _over_pixel_limit(im.height, im.width):
-        raise ImageReadError(f"cannot read image {str(path)!r}: {_pixel_limit_message(im.height, im.width)}")
-
-
-def _over_pixel_limit(h: int, w: int) -> bool:
-    limit = Image.MAX_IMAGE_PIXELS
-    return limit is not None and h * w > limit
-
-
-def _pixel_limit_message(h: int, w: int) -> str:
-    return (f"{w}x{h} = {w * h} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} (possible "
-            "decompression bomb); raise that limit if you trust this input")
 
 
 def _check_pixel_count(h: int, w: int, where: str) -> None:
     """The same limit for images given in memory (PIL, numpy, uint8 tensors) as for files."""
-    if _over_pixel_limit(h, w):
-        raise InputError(f"{where}: image too large: {_pixel_limit_message(h, w)}")
-
-
-def _preview(text: str, n: int = 200) -> str:
-    return text if len(text) <= n else text[:n] + "..."
-
-
-def _reason(e: Exception) -> str:
-    if isinstance(e, Image.UnidentifiedImageError):
-        return "not a recognised image format (or the file is corrupt)"
-    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return f"too large to decode safely ({e})"
-    if isinstance(e, PermissionError):
-        return "permission denied"
-    return f"{type(e).__name__}: {e}"
+    if over_pixel_limit(h, w):
+        raise InputError(f"{where}: image too large: {pixel_limit_message(h, w)}")
 
 
 # --- mode conversion ---------------------------------------------------------------------------
@@ -125,52 +67,12 @@ def _reason(e: Exception) -> str:
 def to_rgb(img: Image.Image) -> Image.Image:
     """A PIL image of any mode -> the same picture in mode RGB (``img`` itself if already RGB).
 
-    8-bit modes (1, L, LA, P with or without transparency, RGBA, CMYK, YCbCr, ...) use
-    ``img.convert("RGB")``, exactly as OpenAI CLIP and open_clip do: alpha is dropped, not
-    composited. High-bit-depth modes deliberately differ from ``convert("RGB")``, which
-    clips them at 255 (a 16-bit photo becomes almost white); instead they are mapped to
-    8-bit gray, rounded to the nearest integer:
-
-    - ``I;16`` / ``I;16L`` / ``I;16B`` / ``I;16N``: ``value / 257`` (65535 -> 255).
-    - ``I``: values within 0..255 are kept (as ``convert`` does); within 0..65535 they are
-      taken as 16-bit (``/ 257``); any other range is stretched linearly min..max -> 0..255.
-    - ``F``: values within 0..1 are scaled by 255; within 0..255 kept; otherwise stretched
-      min..max -> 0..255. NaN or infinite values raise ``InputError``.
-
-    A stretched image with a single value maps to 0. Zero-size images raise ``InputError``.
+    Validates ``img`` (zero-size images raise ``InputError``), then converts it by the rules
+    of ``maskclip.images.rgb``: 8-bit modes as ``img.convert("RGB")``, 16/32-bit modes mapped
+    to 8-bit gray by value (``I;16``: ``value / 257``) instead of clipped at 255.
     """
     _check_pil(img)
-    if img.mode == "RGB":
-        return img
-    if img.mode in _HIGH_BIT_MODES:
-        gray = _to_uint8(np.asarray(img), img.mode)
-        return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2), "RGB")
-    if img.mode == "La":  # premultiplied; PIL converts it to RGB only through LA
-        img = img.convert("LA")
-    try:
-        return img.convert("RGB")
-    except ValueError as e:
-        raise InputError(f"cannot convert a mode {img.mode!r} image to RGB ({e}); convert it yourself first") from e
-
-
-def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    """High-bit-depth pixels ``[H, W]`` -> ``uint8 [H, W]`` by the rules in ``to_rgb``."""
-    if mode.startswith("I;16"):
-        return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(v / 257); 257 is odd: no ties
-    # Checked before the cast: casting a signalling NaN would also emit a numpy RuntimeWarning.
-    if not np.isfinite(values).all():
-        raise InputError(f"a mode {mode!r} image contains NaN or infinite values; cannot map it to 8 bits")
-    values = values.astype(np.float64)
-    lo, hi = float(values.min()), float(values.max())
-    if mode == "F" and lo >= 0 and hi <= 1:
-        scaled = values * 255
-    elif lo >= 0 and hi <= 255:
-        scaled = values
-    elif mode == "I" and lo >= 0 and hi <= 65535:
-        scaled = values / 257
-    else:
-        scaled = (values - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(values)
-    return np.floor(scaled + 0.5).astype(np.uint8)
+    return rgb(img)
 
 
 def _check_pil(img) -> None:
@@ -184,7 +86,7 @@ def _check_pil(img) -> None:
     try:
         img.load()  # a lazily opened image decodes here; a closed one raises
     except Exception as e:  # PIL raises ValueError (closed), OSError (truncated), ... here
-        raise ImageReadError(f"cannot read the pixels of this PIL image: {_reason(e)}") from e
+        raise ImageReadError(f"cannot read the pixels of this PIL image: {describe_error(e)}") from e
 
 
 # --- the PIL path ------------------------------------------------------------------------------
@@ -205,7 +107,7 @@ def preprocess(img: Image.Image, cfg: PreprocessConfig, size: Optional[int] = No
     """
     _check_pil(img)
     s = _target_size(cfg, size)
-    if img.mode in _HIGH_BIT_MODES:
+    if img.mode in HIGH_BIT_MODES:
         img = to_rgb(img)
     squash = crop and cfg.resize_mode == "squash"
     out_h, out_w = (s, s) if squash else _shorter_side_size(img.height, img.width, s)
@@ -267,10 +169,10 @@ def _check_resized(h: int, w: int, out_h: int, out_w: int) -> None:
     Resizing the shorter side of a thin image (1 x 100000) to S makes it S x 100000 S before
     the crop: a small input would otherwise cost gigabytes and minutes.
     """
-    if _over_pixel_limit(out_h, out_w):
+    if over_pixel_limit(out_h, out_w):
         raise InputError(
             f"resizing a {w}x{h} image to {out_w}x{out_h} would exceed the pixel limit: "
-            f"{_pixel_limit_message(out_h, out_w)}; its aspect ratio is too extreme (crop it first)"
+            f"{pixel_limit_message(out_h, out_w)}; its aspect ratio is too extreme (crop it first)"
         )
 
 
@@ -412,7 +314,7 @@ def _as_pil(x, where: str) -> Image.Image:
     if isinstance(x, Image.Image):
         return x
     if isinstance(x, (str, os.PathLike)):
-        return _open_image(x)
+        return open_image(x)
     if isinstance(x, np.ndarray):
         return Image.fromarray(_check_array(x, where), "RGB")
     raise InputTypeError(f"{where}: expected {_ACCEPTED}, or a list of these; got {type(x).__name__}")

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from maskclip.cli import main
-from maskclip.datasets.shards import read_manifest
+from maskclip.datasets.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,10 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from maskclip.datasets.shards import TarShards, find_manifests, read_manifest, shard_paths, write_shards
+from maskclip.datasets.manifest import find_manifests, read_manifest
+from maskclip.datasets.spec import shard_paths
+from maskclip.datasets.tar import TarShards
+from maskclip.datasets.writer import write_shards
 from maskclip.datasets.synthetic import SyntheticShapes
 from maskclip.errors import InputError
 

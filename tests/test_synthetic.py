@@ -7,8 +7,8 @@ from torch.utils.data import DataLoader
 
 from maskclip.datasets.captions import relation
 from maskclip.datasets.scene import Obj, Scene, vocabulary
-from maskclip.datasets.synthetic import (COLOURS, SEGMENTATION_CLASSES, SHAPES, SyntheticShapes, classnames,
-                                     parse_size)
+from maskclip.datasets.spec import parse_size
+from maskclip.datasets.synthetic import COLOURS, SEGMENTATION_CLASSES, SHAPES, SyntheticShapes, classnames
 from maskclip.errors import InputError
 
 

@@ -7,7 +7,7 @@ import torch
 from maskclip.config import PreprocessConfig
 from maskclip.errors import InputError
 from maskclip.train.augment import ContrastiveView, SimCLRView, crop_box
-from maskclip.datasets.shards import expand_braces
+from maskclip.datasets.spec import expand_braces
 from maskclip.train.data import StreamSpec, TrainStream, make_loader, open_source, pick_caption, tar_samples
 import train_data as D
 

@@ -20,9 +20,8 @@ from PIL import Image, ImageFile
 from images import SIZES, gradient16, in_mode, photo, photo_rgba
 from maskclip.config import PreprocessConfig
 from maskclip.errors import ImageNotFoundError, ImageReadError, InputError, InputTypeError
-from maskclip.transforms import (
-    Preprocess, _open_image, load_image, preprocess, segmentation_input, to_batch, to_rgb,
-)
+from maskclip.images import open_image
+from maskclip.transforms import Preprocess, load_image, preprocess, segmentation_input, to_batch, to_rgb
 
 TOL = 1e-6  # the parity contract; measured: 0.0 (bit-identical) in every parity case below
 
@@ -309,7 +308,7 @@ def test_multi_frame_file_is_closed_after_loading(tmp_path):
     path = tmp_path / "anim.gif"
     frames[0].save(path, save_all=True, append_images=frames[1:])
     with no_file_left_open():
-        img = _open_image(path)  # still referenced: a file it kept open would still be open
+        img = open_image(path)  # still referenced: a file it kept open would still be open
         assert img.size == (40, 30) and img.mode == "P"
         assert load_image(path).tobytes() == img.convert("RGB").tobytes()
 

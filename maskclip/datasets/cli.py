@@ -23,8 +23,9 @@ def add_data_parser(sub) -> None:
 
 
 def cmd_synth(args) -> None:
-    from .shards import write_shards
-    from .synthetic import SyntheticShapes, parse_size
+    from .spec import parse_size
+    from .synthetic import SyntheticShapes
+    from .writer import write_shards
 
     ds = SyntheticShapes(args.split, size=parse_size(args.size), n=args.n, seed=args.seed, captions=args.captions,
                          label=args.label)

@@ -1,7 +1,8 @@
 """The synthetic shapes benchmark: 1-3 shapes on textured backgrounds, captions and label masks.
 
 ``SyntheticShapes(split, size, n, seed)`` is a map-style dataset generating each sample on the
-fly; ``maskclip.datasets.shards`` writes the same samples to tar shards.
+fly (a ``maskclip.datasets.Sample``); ``write_shards`` writes the same samples to tar shards, and
+``synthetic:SPLIT[,...]`` names it as a data spec (``maskclip.datasets.spec``).
 
 Conventions:
 
@@ -21,14 +22,14 @@ Conventions:
 from __future__ import annotations
 
 import numbers
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import InputError, InputTypeError
 from .captions import captions as make_captions
+from .record import Sample
 from .render import render_scene
 from .scene import Scene, sample_scene, vocabulary
 
@@ -40,15 +41,6 @@ SEGMENTATION_CLASSES: Tuple[str, ...] = ("background",) + SHAPES
 BACKGROUND = 0
 IGNORE_INDEX = 255
 MIN_SIZE = 16
-
-
-class Sample(NamedTuple):
-    """One benchmark sample: ``image`` (RGB), ``captions``, ``mask`` (``uint8 [H, W]``), ``meta`` (JSON-able)."""
-
-    image: Image.Image
-    captions: List[str]
-    mask: np.ndarray
-    meta: dict
 
 
 def classnames(label: str = "shape") -> List[str]:
@@ -133,41 +125,6 @@ class SyntheticShapes(Dataset):
         if not -self.n <= index < self.n:
             raise IndexError(f"index {index} out of range for {self.n} samples")
         return int(index) % self.n
-
-
-SPEC_PREFIX = "synthetic:"
-
-
-def from_spec(spec: str, default_size: Union[int, Sequence[int]] = 64) -> "SyntheticShapes":
-    """``"synthetic:SPLIT[,n=N][,size=S|HxW][,seed=K][,label=NAME]"`` -> the dataset it names."""
-    if not isinstance(spec, str) or not spec.startswith(SPEC_PREFIX):
-        raise InputError(f"expected 'synthetic:SPLIT[,n=N,size=S,seed=K,label=NAME]'; got {spec!r}")
-    split, *options = spec[len(SPEC_PREFIX):].split(",")
-    kwargs = {"size": default_size}
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep or key not in ("n", "size", "seed", "label"):
-            raise InputError(f"bad option {option!r} in {spec!r}; expected n=N, size=S or HxW, seed=K, label=NAME")
-        kwargs[key] = {"label": str, "size": parse_size}.get(key, _parse_int)(value)
-    return SyntheticShapes(split, **kwargs)
-
-
-def _parse_int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise InputError(f"expected an integer in a synthetic: option; got {text!r}") from None
-
-
-def parse_size(text: str) -> Union[int, Tuple[int, int]]:
-    """``"64"`` -> 64, ``"48x64"`` -> (48, 64) (height x width), as written on a command line."""
-    try:
-        parts = [int(v) for v in str(text).lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2):
-        raise InputError(f"size must be an integer or HxW (e.g. 64 or 48x64); got {text!r}")
-    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
 def _check_label(label) -> None:

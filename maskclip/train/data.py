@@ -1,51 +1,50 @@
 """Training data: image-caption sources and a deterministic, resumable stream of batches.
 
-Sources (``open_source``):
+Sources (``open_source``) are what ``maskclip.datasets`` reads (``maskclip.datasets.spec``):
 
-- tar shards in the img2dataset/webdataset layout (``{key}.jpg|png|webp`` + ``{key}.txt``),
-  given as paths, globs or brace ranges (``data/{00000..00099}.tar``): for web-scale corpora
-  such as YFCC-15M, CC3M, CC12M; read sequentially with the standard library;
+- tar shards in the img2dataset/webdataset layout (``{key}.jpg|png|webp`` + ``{key}.txt`` or
+  ``.json`` captions), given as paths, globs, brace ranges (``data/{00000..00099}.tar``), a
+  manifest or a folder: for web-scale corpora such as YFCC-15M, CC3M, CC12M; read sequentially;
 - a CSV or TSV file with an image-path column and a caption column (paths relative to the file);
-- any indexed dataset with ``__len__`` and ``record(i) -> (image, caption(s))`` (the synthetic one).
+- ``synthetic:train[,n=N,size=S,seed=K]``, the generated benchmark (each sample from its own seed).
 
-The stream is split into "slots", one per (rank, data-loader worker). Each slot reads its own
-part of the data in an order fixed by (seed, epoch), decodes and augments each sample with a
-generator seeded by its position, and assembles whole per-rank batches. Every rank yields the
-same number of batches per epoch (DDP needs it). A batch also carries how many raw samples its
-slot has consumed, so a checkpoint can record the exact data position and a resumed run skips
-to it without decoding anything. Samples that cannot be decoded, or have no caption, are
-skipped and counted in the batch (``skipped``), never silently.
+Every source hands out samples as zero-argument loaders (``() -> maskclip.datasets.Sample``),
+so the stream can pass over samples without decoding them. The stream is split into "slots",
+one per (rank, data-loader worker). Each slot reads its own part of the data in an order fixed
+by (seed, epoch), decodes (``maskclip.datasets.read_image``: the decoder inference uses) and
+augments each sample with a generator seeded by its position, and assembles whole per-rank
+batches. Every rank yields the same number of batches per epoch (DDP needs it). A batch also
+carries how many raw samples its slot has consumed, so a checkpoint can record the exact data
+position and a resumed run skips to it without decoding anything. Samples that cannot be
+decoded, or have no caption, are skipped and counted in the batch (``skipped``), never silently.
 """
 from __future__ import annotations
 
-import csv
-import io
+import functools
 import itertools
-import json
 import random
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import PreprocessConfig
-from ..datasets.shards import shard_paths, tar_members
+from ..datasets import (ColumnError, Sample, Table, decode_sample, open_synthetic, parse_spec, read_image,
+                        tar_members)
 from ..errors import InputError
 from ..tokenizer import get_tokenizer
 from .augment import ContrastiveView, SimCLRView
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-Raw = Tuple[str, Union[bytes, Image.Image, str], Union[str, Sequence[str]]]  # key, image, caption(s)
+SYNTHETIC_SIZE = 48  # px, of synthetic: training data without size=
+Load = Callable[[], Sample]
 
 
 # --- sources ---------------------------------------------------------------------------------
 
 def tar_samples(path: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
-    """Samples of one tar shard (``maskclip.datasets.shards.tar_members``); a truncated shard ends early,
+    """Samples of one tar shard (``maskclip.datasets.tar_members``); a truncated shard ends early,
     its last sample handed on as read, so that decoding it fails and is counted."""
     try:
         yield from tar_members(path, keep_partial=True)
@@ -56,12 +55,12 @@ def tar_samples(path: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
 class ShardSource:
     """Tar shards read sequentially; shards are dealt to slots, and shuffled within a buffer."""
 
-    def __init__(self, specs: Sequence[str], shuffle_buffer: int = 1000):
-        self.paths = [str(p) for p in shard_paths(list(specs))]
+    def __init__(self, paths: Sequence, shuffle_buffer: int = 1000):
+        self.paths = [str(p) for p in paths]
         self.shuffle_buffer = shuffle_buffer
         self.size: Optional[int] = None  # unknown without reading every shard
 
-    def stream(self, slot: int, slots: int, seed: int, epoch: int) -> Iterator[Raw]:
+    def stream(self, slot: int, slots: int, seed: int, epoch: int) -> Iterator[Load]:
         for rnd in itertools.count():
             order = _permutation(len(self.paths), seed, epoch, rnd)
             mine = [self.paths[i] for i in order[slot::slots]] if len(self.paths) >= slots else None
@@ -71,75 +70,49 @@ class ShardSource:
             yield from _buffer_shuffle(samples, self.shuffle_buffer, rng)
 
     @staticmethod
-    def _read(paths: Sequence[str]) -> Iterator[Raw]:
+    def _read(paths: Sequence[str]) -> Iterator[Load]:
         for path in paths:
-            for key, parts in tar_samples(path):
-                image = next((parts[e] for e in IMAGE_EXTS if e in parts), b"")
-                yield key, image, _captions(parts)
-
-
-def _captions(parts: Dict[str, bytes]) -> Union[str, List[str]]:
-    """A sample's caption(s): the ``.json``'s ``captions`` list or ``caption`` when present, else the ``.txt``."""
-    if "json" in parts:
-        try:
-            meta = json.loads(parts["json"])
-        except (ValueError, UnicodeDecodeError):
-            meta = None
-        if isinstance(meta, dict):
-            found = meta.get("captions") or meta.get("caption")
-            if isinstance(found, (str, list)) and found:
-                return found
-    return parts.get("txt", b"").decode("utf-8", "replace")
+            for key, members in tar_samples(path):
+                yield functools.partial(decode_sample, key, members)
 
 
 class IndexedSource:
-    """Random-access records: a CSV of (image path, caption), or any dataset with ``record(i)``."""
+    """Random-access samples: a CSV table, the synthetic benchmark, any ``record(i) -> Sample``."""
 
-    def __init__(self, size: int, record: Callable[[int], Raw]):
+    def __init__(self, size: int, record: Callable[[int], Sample]):
         self.size, self.record = size, record
 
-    def stream(self, slot: int, slots: int, seed: int, epoch: int) -> Iterator[Raw]:
+    def stream(self, slot: int, slots: int, seed: int, epoch: int) -> Iterator[Load]:
         if self.size < slots:
             raise InputError(f"the dataset has {self.size} samples, fewer than the {slots} data slots "
                              "(ranks x workers); use fewer workers or more data")
         for rnd in itertools.count():
             for i in _permutation(self.size, seed, epoch, rnd)[slot::slots]:
-                yield self.record(i)
-
-
-def csv_source(path: str, image_key: str = "image", caption_key: str = "caption") -> IndexedSource:
-    path = Path(path)
-    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        missing = [k for k in (image_key, caption_key) if k not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{path} has columns {reader.fieldnames}; expected columns {image_key!r} and "
-                             f"{caption_key!r} (set csv_image_key / csv_caption_key)")
-        rows = [(r[image_key], r[caption_key]) for r in reader]
-    if not rows:
-        raise InputError(f"{path} has no rows")
-    root = path.parent
-
-    def record(i: int) -> Raw:
-        image, caption = rows[i]
-        return str(i), str(root / image), caption
-    return IndexedSource(len(rows), record)
+                yield functools.partial(self.record, i)
 
 
 def open_source(specs: Sequence[str], csv_image_key: str = "image", csv_caption_key: str = "caption"):
-    """The source a ``TrainConfig.data`` list names: shards, one CSV/TSV, or ``synthetic:<split>``."""
+    """The source a ``TrainConfig.data`` list names: tar shards, one CSV/TSV, or ``synthetic:<split>``.
+
+    A CSV's columns are the ones named (``csv_image_key``, ``csv_caption_key``), by the rule of
+    ``maskclip.datasets.table``.
+    """
     if not specs:
         raise InputError("no training data given: pass tar shards, a CSV/TSV file, or synthetic:train")
-    if len(specs) == 1 and specs[0].startswith("synthetic:"):
-        from .synthetic_source import synthetic_source
-
-        return synthetic_source(specs[0])
-    if len(specs) == 1 and Path(specs[0]).suffix.lower() in (".csv", ".tsv", ".tab"):
-        if not Path(specs[0]).is_file():
-            raise InputError(f"training CSV {specs[0]!r} does not exist")
-        return csv_source(specs[0], csv_image_key, csv_caption_key)
-    return ShardSource(specs)
+    spec = parse_spec(list(specs))
+    if spec.kind == "synthetic":
+        ds = open_synthetic(spec, SYNTHETIC_SIZE)
+        return IndexedSource(len(ds), ds.__getitem__)
+    if spec.kind == "table":
+        try:
+            table = Table(spec.paths[0], csv_image_key, csv_caption_key)
+        except ColumnError as e:
+            raise ColumnError(f"{e} (set csv_image_key / csv_caption_key)") from None
+        return IndexedSource(len(table), table.__getitem__)
+    if spec.kind == "shards":
+        return ShardSource(spec.paths)
+    raise InputError(f"{spec.name!r} is a folder of class subfolders, which has no captions to train on; "
+                     "pass tar shards, a CSV/TSV file with captions, or synthetic:train")
 
 
 def _permutation(n: int, *seed_parts) -> List[int]:
@@ -162,20 +135,7 @@ def _buffer_shuffle(items: Iterator, size: int, rng: random.Random) -> Iterator:
     yield from buf
 
 
-# --- decoding --------------------------------------------------------------------------------
-
-def decode_image(image: Union[bytes, Image.Image, str]) -> Image.Image:
-    """Bytes, a path or a PIL image -> an RGB PIL image; raises on anything undecodable."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, str):
-        with open(image, "rb") as f:
-            image = f.read()
-    if not image:
-        raise ValueError("no image in the sample")
-    with Image.open(io.BytesIO(image)) as im:
-        return im.convert("RGB")
-
+# --- captions ----------------------------------------------------------------------------------
 
 def pick_caption(caption: Union[str, Sequence[str]], rng: random.Random) -> str:
     """One caption: a random non-empty line (YFCC's title or description at random), stripped."""
@@ -229,12 +189,13 @@ class TrainStream(IterableDataset):
         for _j in range(self.start_step + w, s.steps_per_epoch, workers):
             images, texts, views, skipped = [], [], [], 0
             while len(images) < s.local_batch:
-                key, image, caption = next(raw)
+                load = next(raw)
                 rng = random.Random(f"sample-{s.seed}-{self.epoch}-{slot}-{consumed}")
                 consumed += 1
                 try:
-                    text = pick_caption(caption, rng)
-                    img = decode_image(image)
+                    sample = load()
+                    text = pick_caption(sample.captions, rng)
+                    img = read_image(sample.image)
                 except Exception:  # undecodable or uncaptioned: skipped and counted, never silently
                     skipped += 1
                     continue
