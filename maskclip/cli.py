@@ -104,7 +104,7 @@ def _write_embeddings(out: Path, emb, items: List[str], kind: str, model_name: O
                 np.save(f, emb.numpy())
         atomic_write(out, write)
         return
-    from .io import write_safetensors
+    from .serialization import write_safetensors
 
     write_safetensors({"embeddings": emb}, out,
                       metadata={"kind": kind, "items": json.dumps(items), "model": model_name or ""})

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dense, io, segmentation, transforms, zero_shot
+from . import dense, segmentation, serialization, transforms, zero_shot
 from .config import ModelConfig
 from .errors import InputError, InputTypeError
 from .tokenizer import get_tokenizer
@@ -219,8 +219,8 @@ class MaskCLIP(nn.Module):
 
     def save_pretrained(self, path, format: str = "maskclip") -> None:
         """Write a folder that ``maskclip.load`` (or open_clip / transformers, per ``format``) reads."""
-        io.save_pretrained(self, path, format=format)
+        serialization.save_pretrained(self, path, format=format)
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """Save in the native format and upload to the Hugging Face Hub (``huggingface_hub``)."""
-        return io.push_to_hub(self, repo_id, **kwargs)
+        return serialization.push_to_hub(self, repo_id, **kwargs)
