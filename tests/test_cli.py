@@ -139,13 +139,13 @@ def _option(parser, *path_and_flag):
 
 
 def test_cli_choices_are_the_constants_they_mirror():
-    from maskclip import dense, io
+    from maskclip import dense, serialization
     from maskclip.datasets import synthetic
     from maskclip.train import config
 
     p = build_parser()
     expected = {("segment", "--method"): dense.METHODS, ("eval", "segmentation", "--methods"): dense.METHODS,
-                ("convert", "--format"): io.FORMATS, ("export", "--format"): io.FORMATS,
+                ("convert", "--format"): serialization.FORMATS, ("export", "--format"): serialization.FORMATS,
                 ("train", "--recipe"): config.RECIPES, ("train", "--precision"): config.PRECISIONS,
                 ("data", "synth", "--split"): synthetic.SPLITS, ("data", "synth", "--label"): synthetic.LABELS}
     for path, constant in expected.items():
