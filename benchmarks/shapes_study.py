@@ -152,7 +152,7 @@ def plot(rows: list, path: Path) -> None:
 def bundle(best: str, out: Path) -> Path:
     """Copy the chosen run's model, stored in fp16, into the package as tiny-shapes."""
     import maskclip
-    from maskclip.io import write_safetensors
+    from maskclip.serialization import write_safetensors
 
     model = maskclip.load(out / best / "model")
     model.config.name = "tiny-shapes"

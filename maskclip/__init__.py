@@ -8,14 +8,14 @@ from .config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig, arc
 from .errors import (ConfigError, ImageNotFoundError, ImageReadError, InputError, InputTypeError,
                      MaskCLIPError, ModelNotFoundError, WeightsError, WeightsUnavailableError)
 from .hub import available_models, load, model_info
-from .model import MaskCLIP
+from .model import DualEncoder, MaskCLIP
 from .tokenizer import tokenize
 from .zero_shot import imagenet_classnames, template_sets
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "MaskCLIP", "ModelConfig", "VisionConfig", "TextConfig", "PreprocessConfig", "architecture_config",
+    "DualEncoder", "MaskCLIP", "ModelConfig", "VisionConfig", "TextConfig", "PreprocessConfig", "architecture_config",
     "load", "available_models", "model_info", "tokenize", "imagenet_classnames", "template_sets",
     "MaskCLIPError", "InputError", "InputTypeError", "ImageReadError", "ImageNotFoundError",
     "ModelNotFoundError", "WeightsUnavailableError", "WeightsError", "ConfigError",

@@ -104,7 +104,7 @@ def _write_embeddings(out: Path, emb, items: List[str], kind: str, model_name: O
                 np.save(f, emb.numpy())
         atomic_write(out, write)
         return
-    from .io import write_safetensors
+    from .serialization import write_safetensors
 
     write_safetensors({"embeddings": emb}, out,
                       metadata={"kind": kind, "items": json.dumps(items), "model": model_name or ""})
@@ -168,6 +168,8 @@ def cmd_export(args) -> None:
 # --- parser --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import dense, serialization
+
     p = argparse.ArgumentParser(prog="maskclip", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -208,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     label_args(sp)
     model_args(sp)
     sp.add_argument("--out", required=True, help="overlay image path (.png, .jpg, .webp)")
-    sp.add_argument("--method", default="clearclip", choices=["vanilla", "maskclip", "sclip", "clearclip"])
+    sp.add_argument("--method", default="clearclip", type=dense.canonical_name, choices=dense.METHODS,
+                    help=f"dense method (default clearclip; also accepted: {dense.ALIASES})")
     sp.add_argument("--size", type=int, default=None, help="shorter side in px (default: the model's image size)")
     sp.add_argument("--window", type=int, default=None, help="sliding window in px (default: whole image)")
     sp.add_argument("--stride", type=int, default=None)
@@ -218,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("convert", help="convert a checkpoint between layouts")
     sp.add_argument("source", help="registered name, folder, weights file or hf-hub:org/repo")
     sp.add_argument("out", help="output folder")
-    sp.add_argument("--format", default="maskclip", choices=["maskclip", "open_clip", "transformers"])
+    sp.add_argument("--format", default="maskclip", choices=serialization.FORMATS)
     sp.add_argument("--allow-pickle", action="store_true",
                     help="read pickled .bin/.pt checkpoints (with torch.load(weights_only=True))")
     sp.set_defaults(func=cmd_convert)
@@ -234,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("export", help="export the model of a training run or checkpoint for maskclip.load")
     sp.add_argument("run", help="a run folder (its newest complete checkpoint) or one checkpoint folder")
     sp.add_argument("out", help="output folder")
-    sp.add_argument("--format", default="maskclip", choices=["maskclip", "open_clip", "transformers"])
+    sp.add_argument("--format", default="maskclip", choices=serialization.FORMATS)
     sp.set_defaults(func=cmd_export)
 
     from .datasets.cli import add_data_parser

@@ -1,4 +1,4 @@
-"""Model names, the registry, and loading: one place that turns a name into a model.
+"""Model names, the registry, Hub downloads, and ``load``: one place that turns a name into a model.
 
 ``load`` accepts a registry name (``maskclip.available_models()``), a local checkpoint folder
 or weights file, or ``hf-hub:org/repo[@revision]``. Hub files go through
@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import replace
 from functools import lru_cache
 from importlib import resources as package_files
 from pathlib import Path
@@ -17,9 +16,10 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from . import convert, io, resources
+from . import resources, serialization
+from .build import build_model
 from .config import ModelConfig
-from .errors import ConfigError, InputTypeError, ModelNotFoundError, WeightsError, WeightsUnavailableError
+from .errors import InputTypeError, ModelNotFoundError, WeightsError, WeightsUnavailableError
 from .model import MaskCLIP
 
 HUB_PREFIX = "hf-hub:"
@@ -115,7 +115,7 @@ def _verify_sha256(path: Path, expected: Optional[str], name: str) -> None:
         expected, what = real.name, "the sha256 the Hub cache names the file by"
     if not expected:
         return
-    digest = io.sha256_file(real)
+    digest = serialization.sha256_file(real)
     if digest != expected:
         raise WeightsError(f"sha256 mismatch for {name} ({path}): expected {expected} ({what}), got {digest}. "
                            "The file is corrupt or not the expected one; delete it and download again")
@@ -128,16 +128,15 @@ def _hub_folder(repo: str, revision: Optional[str], cache_dir, files: Optional[T
     The weights file is checked against ``sha256`` (or its Hub cache blob name, see ``_verify_sha256``).
     """
     candidates = [files] if files else [
-        (io.NATIVE_CONFIG, io.NATIVE_WEIGHTS),
-        (io.OPEN_CLIP_CONFIG, io.OPEN_CLIP_WEIGHTS),
+        (serialization.NATIVE_CONFIG, serialization.NATIVE_WEIGHTS),
+        (serialization.OPEN_CLIP_CONFIG, serialization.OPEN_CLIP_WEIGHTS),
     ]
     for config_name, weights_name in candidates:
         config = hub_file(repo, config_name, revision, cache_dir)
         if config is None:
             continue
-        data = io.read_json(config)
-        if config_name == io.NATIVE_CONFIG and data.get("config_type") != "maskclip" \
-                and data.get("model_type") != "clip":
+        layout = serialization.config_json_layout(serialization.read_json(config))
+        if config_name == serialization.NATIVE_CONFIG and layout is None:
             continue  # e.g. a timm config.json beside open_clip files
         weights = hub_file(repo, weights_name, revision, cache_dir)
         if weights is None:
@@ -168,16 +167,17 @@ def resolve(name: Union[str, os.PathLike], revision: Optional[str] = None, cache
         path = Path(name)
         if not path.exists():
             raise ModelNotFoundError(f"{path} does not exist")
-        return io.read_folder(path, allow_pickle) if path.is_dir() else io.read_file(path, allow_pickle)
+        read = serialization.read_folder if path.is_dir() else serialization.read_file
+        return read(path, allow_pickle)
     if not isinstance(name, str):
         raise InputTypeError(f"model name must be a string or a path; got {type(name).__name__}")
     if name.startswith(HUB_PREFIX):
         repo, rev = parse_hub_name(name)
-        return io.read_folder(_hub_folder(repo, revision or rev, cache_dir), allow_pickle)
+        return serialization.read_folder(_hub_folder(repo, revision or rev, cache_dir), allow_pickle)
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"{name!r} is neither a registered name nor an existing path; "
                                  f"for a Hub repo write 'hf-hub:{name}'")
-    if "/" in name or os.sep in name or name.endswith((".safetensors",) + io.PICKLE_SUFFIXES):
+    if "/" in name or os.sep in name or name.endswith((".safetensors",) + serialization.PICKLE_SUFFIXES):
         raise ModelNotFoundError(f"path {name!r} does not exist")
     return _resolve_registered(name, revision, cache_dir)
 
@@ -189,16 +189,16 @@ def _resolve_registered(name: str, revision: Optional[str], cache_dir):
                                       f"Instead: {entry.get('instead', '')}".strip())
     if entry.get("bundled"):
         folder = Path(str(package_files.files("maskclip").joinpath(entry["bundled"])))
-        if not (folder / io.NATIVE_WEIGHTS).is_file():
+        if not (folder / serialization.NATIVE_WEIGHTS).is_file():
             raise ModelNotFoundError(f"the bundled model {name!r} is missing from this installation ({folder}); "
                                      "reinstall maskclip")
-        _verify_sha256(folder / io.NATIVE_WEIGHTS, entry.get("sha256"), name)
-        config, sd = io.read_folder(folder)
+        _verify_sha256(folder / serialization.NATIVE_WEIGHTS, entry.get("sha256"), name)
+        config, sd = serialization.read_folder(folder)
         config.name = name
         return config, {k: v.float() for k, v in sd.items()}  # stored in fp16 to keep the wheel small
     files = (entry["config_file"], entry["weights_file"]) if entry.get("config_file") else None
     folder = _hub_folder(entry["repo"], revision, cache_dir, files, entry.get("sha256") if files else None, name)
-    config, sd = io.read_folder(folder)
+    config, sd = serialization.read_folder(folder)
     if entry.get("act"):
         config.vision.act = config.text.act = entry["act"]
     config.name = name
@@ -223,74 +223,9 @@ def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] =
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise InputTypeError(f"dtype must be a floating torch.dtype such as torch.float16; got {dtype!r}")
     config, sd = resolve(name, revision, cache_dir, allow_pickle)
-    model = build(config, sd, source=str(name))
+    model = build_model(config, sd, source=str(name))
     model.to(device=device or "cpu", dtype=dtype)
     model.autocast = autocast
     model.eval()
     return model.compile() if compile else model
 
-
-def build(config: ModelConfig, sd: Dict[str, torch.Tensor], source: str = "the checkpoint") -> MaskCLIP:
-    """A model of ``config`` holding ``sd``, checked against each other before anything is allocated.
-
-    A hostile or mistaken config (a million layers, a width of 2**20) would otherwise allocate
-    whatever it asks for before the weights are compared. Here the config is first built on the
-    meta device (shapes, no memory), at most one block deeper per tower than the weights hold,
-    and compared with the weights; only a config that fits them is built for real.
-    """
-    problems, shallow = [], config
-    for tower, part in (("visual", "vision"), ("text", "text")):
-        cfg = getattr(shallow, part)
-        found = convert._count_layers(sd, f"{tower}.transformer.resblocks.")
-        if found != cfg.layers:
-            problems.append(f"the config has {cfg.layers} {tower} blocks, the weights {found}")
-            shallow = replace(shallow, **{part: replace(cfg, layers=min(cfg.layers, found + 1))})
-    try:
-        with torch.device("meta"):
-            skeleton = MaskCLIP(shallow)
-    except (RuntimeError, TypeError, ValueError, OverflowError) as e:  # sizes torch cannot represent
-        raise ConfigError(f"the config of {source} describes a model that cannot be built: "
-                          f"{str(e).splitlines()[0]}") from None
-    _raise_mismatches(problems + _mismatches(skeleton.state_dict(), sd), source, config)
-    model = MaskCLIP(config)
-    load_state_dict(model, sd, source)
-    return model
-
-
-def load_state_dict(model: MaskCLIP, sd: Dict[str, torch.Tensor], source: str = "the checkpoint") -> None:
-    """Strict load with one readable error for missing keys, extra keys, shapes, dtypes and NaN.
-
-    Every check runs before the first parameter is written: a refused ``sd`` leaves ``model`` as it was.
-    """
-    _raise_mismatches(_mismatches(model.state_dict(), sd), source, model.config)
-    bad = [k for k, v in sd.items() if not _all_finite(v)]
-    if bad:
-        raise WeightsError(f"weights from {source} contain NaN or Inf in {bad[:5]}")
-    model.load_state_dict(sd, strict=True)
-
-
-def _all_finite(t: torch.Tensor) -> bool:
-    # isfinite is not implemented for every float8 format; those widen exactly to float32.
-    return bool(torch.isfinite(t if t.element_size() > 1 else t.float()).all())
-
-
-def _mismatches(expected: Dict[str, torch.Tensor], sd: Dict[str, torch.Tensor]) -> List[str]:
-    """Missing keys, extra keys, shape mismatches and non-float tensors, one line each."""
-    missing = sorted(set(expected) - set(sd))
-    extra = sorted(set(sd) - set(expected))
-    shapes = [f"{k}: checkpoint {list(sd[k].shape)} vs model {list(v.shape)}"
-              for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
-    dtypes = [f"{k}: {sd[k].dtype}" for k in expected if k in sd and not sd[k].is_floating_point()]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", extra),
-                         ("shape mismatches", shapes), ("non-float tensors", dtypes)):
-        if items:
-            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-            problems.append(f"{label}: {items[:5]}{more}")
-    return problems
-
-
-def _raise_mismatches(problems: List[str], source: str, config: ModelConfig) -> None:
-    if problems:
-        raise WeightsError(f"weights from {source} do not match the config "
-                           f"({config.name or 'unnamed'}): " + "; ".join(problems))

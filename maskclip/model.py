@@ -1,20 +1,23 @@
 """The dual encoder and its public API.
 
-``MaskCLIP`` holds an image tower, a text tower and a logit scale (OpenAI CLIP's parameter
+``DualEncoder`` holds an image tower, a text tower and a logit scale (OpenAI CLIP's parameter
 names under ``visual.`` and ``text.``), plus the preprocessing and tokenizer its config
-implies. Every public method accepts user-level inputs (paths, PIL images, tensors, strings)
-and validates them here, at the boundary.
+implies. Every public method accepts user-level inputs (paths, PIL images, tensors, strings),
+checks and converts them once, here, and then calls code that takes tensors: the towers,
+``dense``, ``zero_shot.build_classifier`` / ``probabilities`` and ``segmentation.scores``.
+``MaskCLIP`` is the class's former name, kept as an alias.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Sequence, Tuple
+from functools import partial
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dense, io, segmentation, transforms, zero_shot
+from . import dense, segmentation, serialization, transforms, zero_shot
 from .config import ModelConfig
 from .errors import InputError, InputTypeError
 from .tokenizer import get_tokenizer
@@ -26,8 +29,8 @@ from .towers import TextTower, VisionTower
 MAX_PATCHES = 16384
 
 
-class MaskCLIP(nn.Module):
-    """A CLIP-style dual encoder (CLIP, SLIP, MaskCLIP, RILS weights all load into it).
+class DualEncoder(nn.Module):
+    """A CLIP-style dual encoder: OpenAI CLIP, open_clip, SLIP, MaskCLIP and RILS weights all load into it.
 
     Build from a config (random init), or with ``maskclip.load(...)`` for trained weights.
     """
@@ -81,7 +84,7 @@ class MaskCLIP(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self._autocast)
 
-    def compile(self, **kwargs) -> "MaskCLIP":
+    def compile(self, **kwargs) -> "DualEncoder":
         """``torch.compile`` the transformer of each tower in place; ``kwargs`` go to ``torch.compile``.
 
         The encoders call the towers, so every ``encode_*``, ``dense_features`` and ``forward`` runs
@@ -111,14 +114,19 @@ class MaskCLIP(nn.Module):
             raise InputError(
                 f"images must be at least one patch ({p}x{p} px) after preprocessing; got {tuple(x.shape[-2:])}"
             )
-        patches = (x.shape[-2] // p) * (x.shape[-1] // p)
+        self._check_patch_count(*x.shape[-2:])
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def _check_patch_count(self, h: int, w: int) -> None:
+        """Refuse model inputs of ``h x w`` px with more than ``MAX_PATCHES`` patches."""
+        p = self.config.vision.patch_size
+        patches = (h // p) * (w // p)
         if patches > MAX_PATCHES:
             raise InputError(
-                f"images of {x.shape[-1]}x{x.shape[-2]} px make {patches} patches of {p}x{p}; at most "
+                f"images of {w}x{h} px make {patches} patches of {p}x{p}; at most "
                 f"maskclip.model.MAX_PATCHES = {MAX_PATCHES} are encoded at once (use a smaller size, or "
                 "segment(..., window=...) for large images)"
             )
-        return x.to(device=self.device, dtype=self.dtype)
 
     def text_batch(self, texts) -> torch.Tensor:
         """str | list[str] | token ids ``[L]`` / ``[B, L]`` -> ``LongTensor[B, L]`` on the model's device."""
@@ -152,16 +160,12 @@ class MaskCLIP(nn.Module):
         Float tensors are taken as already preprocessed (as in open_clip); uint8 tensors,
         PIL images and paths are preprocessed with ``self.preprocess``.
         """
-        x = self.image_batch(images)
-        with self._compute():
-            feats = self.visual(x).to(self.dtype)
+        feats = self._image_features(self.image_batch(images))
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def encode_text(self, texts, normalize: bool = False) -> torch.Tensor:
         """Texts (str | list[str] | token ids ``[B, L]``) -> embeddings ``[B, E]``."""
-        tokens = self.text_batch(texts)
-        with self._compute():
-            feats = self.text(tokens).to(self.dtype)
+        feats = self._text_features(self.text_batch(texts))
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -172,29 +176,57 @@ class MaskCLIP(nn.Module):
                        image_size: Optional[int] = None) -> torch.Tensor:
         """Images -> patch features in the joint image-text space ``[B, E, h, w]``.
 
-        ``method``: ``vanilla`` | ``maskclip`` | ``sclip`` | ``clearclip`` (see ``maskclip.dense``).
-        ``image_size`` overrides the preprocessing size for PIL/path/uint8 inputs (e.g. 448
-        gives a 28 x 28 grid at patch 16); float tensors are used at their own size.
+        ``method``: ``vanilla`` | ``zhou`` | ``sclip`` | ``clearclip`` (see ``maskclip.dense``;
+        ``maskclip`` is accepted for ``zhou``). ``image_size`` overrides the preprocessing size for
+        PIL/path/uint8 inputs (e.g. 448 gives a 28 x 28 grid at patch 16); float tensors are used
+        at their own size.
         """
-        segmentation.check_method(method)
-        x = self.image_batch(images, size=image_size)
-        with self._compute():
-            feats = dense.dense_features(self.visual, x, method).to(self.dtype)
+        method = dense.resolve_method(method)
+        feats = self._dense_features(self.image_batch(images, size=image_size), method)
         return F.normalize(feats, dim=1) if normalize else feats
+
+    # Below the public methods: checked model inputs on the model's device, no further checks.
+
+    def _image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input ``[B, 3, H, W]`` -> embeddings ``[B, E]``."""
+        with self._compute():
+            return self.visual(x).to(self.dtype)
+
+    def _text_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, L]`` -> embeddings ``[B, E]``."""
+        with self._compute():
+            return self.text(tokens).to(self.dtype)
+
+    def _prompt_embeddings(self, prompts: List[str]) -> torch.Tensor:
+        """Prompts built from checked labels and templates -> unit-norm embeddings ``[N, E]``."""
+        return F.normalize(self._text_features(self.tokenize(prompts).to(self.device)), dim=-1)
+
+    def _dense_features(self, x: torch.Tensor, method: str) -> torch.Tensor:
+        """Model input ``[B, 3, H, W]`` and a name in ``dense.METHODS`` -> patch features ``[B, E, h, w]``."""
+        with self._compute():
+            return dense.dense_features(self.visual, x, method).to(self.dtype)
 
     # --- zero-shot ---------------------------------------------------------------------------
 
+    @torch.no_grad()
     def zero_shot_classifier(self, classnames: Sequence[str], templates=None) -> torch.Tensor:
         """Class names x templates -> classifier ``[E, C]`` (see ``maskclip.zero_shot``).
 
         ``templates``: ``None`` (names used as written), a bundled set name such as
-        ``"openai_imagenet"``, or a list of strings containing ``{}``.
+        ``"openai_imagenet"``, or a list of strings containing ``{}``. Class names may repeat.
         """
-        return zero_shot.build_classifier(self, classnames, templates)
+        classnames = zero_shot.check_labels(classnames, allow_duplicates=True)
+        return zero_shot.build_classifier(self._prompt_embeddings, classnames, zero_shot.resolve_templates(templates))
 
+    @torch.no_grad()
     def classify(self, images, labels: Sequence[str], templates=None) -> torch.Tensor:
-        """Images and candidate labels -> probabilities ``[B, C]``, rows summing to 1."""
-        return zero_shot.classify(self, images, labels, templates)
+        """Images and candidate labels (unique) -> probabilities ``[B, C]``, rows summing to 1."""
+        labels = zero_shot.check_labels(labels)
+        templates = zero_shot.resolve_templates(templates)
+        x = self.image_batch(images)
+        classifier = zero_shot.build_classifier(self._prompt_embeddings, labels, templates)
+        feats = F.normalize(self._image_features(x), dim=-1)
+        return zero_shot.probabilities(feats, classifier, self.logit_scale)
 
     @torch.no_grad()
     def segment(self, image, labels: Sequence[str], templates=None, method: str = "clearclip",
@@ -204,23 +236,40 @@ class MaskCLIP(nn.Module):
 
         The shorter side is resized to ``size`` (default: the model's image size); with
         ``window`` the features are computed in sliding windows (``stride`` default window/2).
-        ``return_scores=True`` also returns the cosine scores ``[C, H, W]``.
+        ``method`` as in ``dense_features``. ``return_scores=True`` also returns the cosine
+        scores ``[C, H, W]``.
         """
         labels = zero_shot.check_labels(labels)
         x, out_size = transforms.segmentation_input(image, self.config.preprocess, size=size)
-        classifier = self.zero_shot_classifier(labels, templates)
-        scores = segmentation.segment_scores(
-            self, x.to(self.device, self.dtype), out_size, classifier, method, window, stride
-        )
+        templates = zero_shot.resolve_templates(templates)
+        method = dense.resolve_method(method)
+        window, stride = segmentation.check_window(window, stride, self.config.vision.patch_size)
+        classifier = zero_shot.build_classifier(self._prompt_embeddings, labels, templates)
+        scores = self._segmentation_scores(x, out_size, classifier, method, window, stride)
         label_map = scores.argmax(dim=0)
         return (label_map, scores) if return_scores else label_map
+
+    def _segmentation_scores(self, x: torch.Tensor, out_size: Tuple[int, int], classifier: torch.Tensor,
+                             method: str, window: Optional[int], stride: Optional[int]) -> torch.Tensor:
+        """Checked ``segment`` inputs -> scores ``[C, H, W]`` (also run by ``maskclip.eval``'s segmentation).
+
+        ``x``: ``segmentation_input``'s ``[1, 3, h, w]``; ``method``: a name in ``dense.METHODS``;
+        ``window`` / ``stride``: from ``segmentation.check_window``.
+        """
+        p = self.config.vision.patch_size
+        self._check_patch_count(*segmentation.feature_input_size(x.shape[-2:], p, window))
+        features = partial(self._dense_features, method=method)
+        return segmentation.scores(features, x.to(self.device, self.dtype), out_size, classifier, p, window, stride)
 
     # --- saving ------------------------------------------------------------------------------
 
     def save_pretrained(self, path, format: str = "maskclip") -> None:
         """Write a folder that ``maskclip.load`` (or open_clip / transformers, per ``format``) reads."""
-        io.save_pretrained(self, path, format=format)
+        serialization.save_pretrained(self, path, format=format)
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """Save in the native format and upload to the Hugging Face Hub (``huggingface_hub``)."""
-        return io.push_to_hub(self, repo_id, **kwargs)
+        return serialization.push_to_hub(self, repo_id, **kwargs)
+
+
+MaskCLIP = DualEncoder  # the former name, kept so existing code keeps working

@@ -117,7 +117,9 @@ def preprocess(img: Image.Image, cfg: PreprocessConfig, size: Optional[int] = No
     if crop and not squash:
         top, left = _crop_offsets(out_h, out_w, s)
         img = img.crop((left, top, left + s, top + s))
-    pixels = torch.from_numpy(np.array(to_rgb(img), dtype=np.uint8)).permute(2, 0, 1)
+    if img.mode != "RGB":  # after the geometry, as open_clip converts (to_rgb would check an RGB image again)
+        img = to_rgb(img)
+    pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
     return _normalize(pixels.float().div(255), cfg)
 
 

@@ -3,11 +3,15 @@
 Per class: fill every template, encode, L2-normalise each prompt embedding, average, and
 L2-normalise again; the classifier is ``[E, C]`` and logits are
 ``exp(logit_scale) * normalize(image_features) @ classifier``.
+
+``check_labels`` and ``resolve_templates`` check user input; the public methods of
+``DualEncoder`` call them once, then ``build_classifier`` and ``probabilities``, which take
+checked lists and tensors.
 """
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import List, Sequence, Union
+from typing import Callable, List, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -82,30 +86,27 @@ def check_labels(labels, allow_duplicates: bool = False) -> List[str]:
     return list(labels)
 
 
-@torch.no_grad()
-def build_classifier(model, classnames: Sequence[str], templates: Templates = None,
-                     batch_size: int = 8192) -> torch.Tensor:
-    """Class names x templates -> zero-shot classifier ``[E, C]`` (unit-norm columns).
+def build_classifier(encode: Callable[[List[str]], torch.Tensor], classnames: Sequence[str],
+                     templates: Sequence[str], batch_size: int = 8192) -> torch.Tensor:
+    """Checked class names x templates -> zero-shot classifier ``[E, C]`` (unit-norm columns).
 
-    Prompts are encoded about ``batch_size`` at a time (whole classes per chunk), which the text
-    tower runs in buckets of similar length: a large chunk gives the buckets more to choose from.
+    ``encode``: prompts -> unit-norm embeddings ``[N, E]``. Prompts are encoded about
+    ``batch_size`` at a time (whole classes per chunk), which the text tower runs in buckets of
+    similar length: a large chunk gives the buckets more to choose from.
     """
-    classnames = check_labels(classnames, allow_duplicates=True)
-    templates = resolve_templates(templates)
     per_chunk = max(1, batch_size // len(templates))
     chunks = []
     for i in range(0, len(classnames), per_chunk):
         prompts = [t.replace("{}", c) for c in classnames[i:i + per_chunk] for t in templates]
-        emb = model.encode_text(prompts, normalize=True)
+        emb = encode(prompts)
         chunks.append(emb.view(-1, len(templates), emb.shape[-1]).mean(dim=1))
     return F.normalize(torch.cat(chunks), dim=-1).T.contiguous()
 
 
-@torch.no_grad()
-def classify(model, images, labels: Sequence[str], templates: Templates = None) -> torch.Tensor:
-    """Images and labels -> probabilities ``[B, C]`` (softmax over labels)."""
-    labels = check_labels(labels)
-    classifier = build_classifier(model, labels, templates)
-    feats = model.encode_image(images, normalize=True)
-    logits = model.logit_scale.exp().clamp(max=100) * feats @ classifier.to(feats.dtype)
+def probabilities(image_features: torch.Tensor, classifier: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Unit-norm image features ``[B, E]``, classifier ``[E, C]`` -> softmax over labels ``[B, C]`` (float32).
+
+    The logit scale is capped at 100 as CLIP caps it in training.
+    """
+    logits = logit_scale.exp().clamp(max=100) * image_features @ classifier.to(image_features.dtype)
     return logits.float().softmax(dim=-1)

@@ -75,6 +75,12 @@ def test_bad_templates_raise(model, templates, words):
         model.zero_shot_classifier(["cat"], templates)
 
 
+def test_dual_encoder_is_public_and_keeps_its_former_name(model):
+    assert maskclip.MaskCLIP is maskclip.DualEncoder
+    assert {"DualEncoder", "MaskCLIP"} <= set(maskclip.__all__)
+    assert type(model).__name__ == "DualEncoder"
+
+
 # --- segmentation -------------------------------------------------------------------------
 
 def test_segment_returns_a_label_per_input_pixel(model):
@@ -88,6 +94,12 @@ def test_segment_scores_argmax_is_the_label_map(model, rgb_image):
     seg, scores = model.segment(rgb_image, ["a", "b"], method="maskclip", return_scores=True)
     assert scores.shape == (2, 48, 80)
     assert torch.equal(scores.argmax(0), seg)
+
+
+def test_segment_with_the_old_method_name_equals_zhou(model, rgb_image):
+    old = model.segment(rgb_image, ["a", "b"], method="maskclip", window=32, return_scores=True)
+    new = model.segment(rgb_image, ["a", "b"], method="zhou", window=32, return_scores=True)
+    assert torch.equal(old[0], new[0]) and torch.equal(old[1], new[1])
 
 
 def test_segment_sliding_window_covers_the_image(model, rgb_image):

@@ -1,4 +1,5 @@
 """The ``maskclip`` command line, in process (fast) and once through the installed console script."""
+import argparse
 import json
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 
 import maskclip
-from maskclip.cli import main
+from maskclip.cli import build_parser, main
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +128,37 @@ def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0 and "usage: maskclip" in capsys.readouterr().out
+
+
+def _option(parser, *path_and_flag):
+    """The argparse action of ``--flag`` in the subcommand ``path`` (e.g. ``"eval", "segmentation"``)."""
+    *path, flag = path_and_flag
+    for name in path:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return next(a for a in parser._actions if flag in a.option_strings)
+
+
+def test_cli_choices_are_the_constants_they_mirror():
+    from maskclip import dense, serialization
+    from maskclip.datasets import synthetic
+    from maskclip.train import config
+
+    p = build_parser()
+    expected = {("segment", "--method"): dense.METHODS, ("eval", "segmentation", "--methods"): dense.METHODS,
+                ("convert", "--format"): serialization.FORMATS, ("export", "--format"): serialization.FORMATS,
+                ("train", "--recipe"): config.RECIPES, ("train", "--precision"): config.PRECISIONS,
+                ("data", "synth", "--split"): synthetic.SPLITS, ("data", "synth", "--label"): synthetic.LABELS}
+    for path, constant in expected.items():
+        assert tuple(_option(p, *path).choices) == tuple(constant), path
+    assert _option(p, "eval", "segmentation", "--methods").default == list(dense.METHODS)
+
+
+@pytest.mark.parametrize("given, parsed", [("maskclip", "zhou"), ("zhou", "zhou"), ("clearclip", "clearclip")])
+def test_segment_method_accepts_the_old_name_as_the_new_one(given, parsed):
+    args = build_parser().parse_args(["segment", "x.png", "--labels", "a", "--out", "o.png", "--method", given])
+    assert args.method == parsed
+    args = build_parser().parse_args(["eval", "segmentation", "--data", "synthetic:test", "--methods", given])
+    assert args.methods == [parsed]
 
 
 def test_console_script_is_installed():

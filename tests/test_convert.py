@@ -496,6 +496,17 @@ def test_from_transformers_refuses_configs_maskclip_would_compute_differently(ch
         convert.from_transformers(cfg, sd)
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("image_size", [224, 192], r"transformers vision_config\.image_size = \[224, 192\] is not square"),
+    ("patch_size", "16", r"transformers vision_config\.patch_size must be an integer"),
+])
+def test_from_transformers_size_errors_name_the_transformers_field(field, value, match):
+    cfg, sd = _hf()
+    cfg["vision_config"][field] = value
+    with pytest.raises(ConfigError, match=match):
+        convert.from_transformers(cfg, sd)
+
+
 def test_from_transformers_accepts_legacy_eos_id_and_uses_transformers_defaults_for_missing_fields():
     cfg, sd = _hf(F.random_maskclip(F.maskclip_config(F.VIT_B_16.with_(vision_layers=1, text_layers=1))))
     cfg["text_config"] = {"eos_token_id": 2, "num_hidden_layers": 1}

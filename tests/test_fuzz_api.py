@@ -532,7 +532,7 @@ def test_load_of_any_name_raises_a_documented_error_offline(tmp_path_factory, na
 
 @pytest.mark.parametrize("call, words", [
     (lambda m, tmp: m.save_pretrained(tmp, format="onnx"), "format must be one of"),  # was a plain ValueError
-    (lambda m, tmp: maskclip.io.push_to_hub(m, "no-slash"), "org/name"),  # checked before any network use
+    (lambda m, tmp: maskclip.serialization.push_to_hub(m, "no-slash"), "org/name"),  # checked before any network use
 ])
 def test_save_arguments_are_validated_with_documented_errors(model, tmp_path, call, words):
     with pytest.raises(InputError, match=words):

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 import maskclip
 from factories import offline_hub, write_hub_cache
 from fuzzing import budget, count, outcome
-from maskclip import ConfigError, MaskCLIP, ModelConfig, WeightsError, hub
+from maskclip import ConfigError, MaskCLIP, ModelConfig, WeightsError, build, hub
 
 MICRO = {
     "format_version": 1, "embed_dim": 16, "name": "micro",
@@ -302,7 +302,7 @@ def real_builds(monkeypatch):
             built.append(config)
         return MaskCLIP(config)
 
-    monkeypatch.setattr(hub, "MaskCLIP", spy)
+    monkeypatch.setattr(build, "MaskCLIP", spy)
     return built
 
 
@@ -387,9 +387,9 @@ def test_any_config_is_refused_before_allocating_or_builds_a_model_holding_the_w
         return MaskCLIP(config)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hub, "MaskCLIP", spy)
-        built, err = outcome("config from JSON + build", lambda: hub.build(ModelConfig.from_dict(cfg),
-                                                                           model.state_dict(), "forged"))
+        mp.setattr(build, "MaskCLIP", spy)
+        built, err = outcome("config from JSON + build", lambda: build.build_model(ModelConfig.from_dict(cfg),
+                                                                                  model.state_dict(), "forged"))
     if err is None:
         assert len(real) == 1 and same_weights(built, model) == 0
     else:
@@ -492,7 +492,7 @@ def test_a_refused_state_dict_leaves_the_model_exactly_as_it_was(original, spoil
     else:
         sd[last] = sd[last].long()
     with pytest.raises(WeightsError):
-        hub.load_state_dict(model, sd)
+        build.load_state_dict(model, sd)
     after = model.state_dict()
     assert all(torch.equal(after[k], before[k]) for k in before)
 
@@ -513,13 +513,13 @@ def test_a_save_that_fails_midway_keeps_the_previous_checkpoint_whole(tmp_path, 
     folder = tmp_path / "ckpt"
     original[0].save_pretrained(folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    import maskclip.io as mio
+    import maskclip.serialization as serialization
 
     def half_then_fail(tensors, path, metadata=None):
         Path(path).write_bytes(b"\0" * 1000)  # part of a file, then the fault
         raise fault
 
-    monkeypatch.setattr(mio, "save_file", half_then_fail)
+    monkeypatch.setattr(serialization, "save_file", half_then_fail)
     with pytest.raises(type(fault)):
         micro_model(seed=2).save_pretrained(folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no temp file, old bytes intact

@@ -186,6 +186,14 @@ def test_dense_methods_differ_from_each_other(model):
                 assert not torch.allclose(outs[a], outs[b], atol=1e-4), (a, b)
 
 
+def test_maskclip_is_the_old_name_of_zhou_and_gives_identical_features(model):
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.dense_features(x, method="maskclip"), model.dense_features(x, method="zhou"))
+    assert "zhou" in METHODS and "maskclip" not in METHODS  # listings show the canonical name
+    assert maskclip.dense.resolve_method("maskclip") == "zhou"
+
+
 def test_dense_normalize_gives_unit_vectors_per_patch(model):
     with torch.no_grad():
         f = model.dense_features(torch.randn(1, 3, 64, 64), normalize=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import maskclip
-from maskclip import convert, hub
+from maskclip import build, convert, hub
 from maskclip.errors import WeightsError
 import factories as F
 
@@ -196,7 +196,7 @@ def test_registry_sha256_mismatch_raises_weights_error(cache, tmp_path, monkeypa
 
 def _loaded(config, sd):
     model = maskclip.MaskCLIP(config).eval()
-    hub.load_state_dict(model, sd)
+    build.load_state_dict(model, sd)
     return model
 
 

@@ -5,6 +5,8 @@ import argparse
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from ..dense import ALIASES, METHODS, canonical_name
+
 DATA_HELP = ("synthetic:SPLIT[,n=N,size=S,seed=K,label=shape|colour_shape], a folder of class subfolders, "
              "a .csv/.tsv, a folder of .tar shards or a shard manifest .json")
 
@@ -45,8 +47,8 @@ def add_eval_parser(sub, model_args: Callable[[argparse.ArgumentParser], None]) 
 
     sp = tasks.add_parser("segmentation", help="zero-shot segmentation: mIoU and pixel accuracy per dense method")
     sp.add_argument("--data", required=True, help=DATA_HELP + " (with masks)")
-    sp.add_argument("--methods", nargs="+", default=["vanilla", "maskclip", "sclip", "clearclip"],
-                    choices=["vanilla", "maskclip", "sclip", "clearclip"])
+    sp.add_argument("--methods", nargs="+", default=list(METHODS), type=canonical_name, choices=METHODS,
+                    help=f"dense methods (default all; also accepted: {ALIASES})")
     sp.add_argument("--classnames-file", help="segmentation class names, one per line, line k = mask value k")
     sp.add_argument("--templates", help="template set name or one template with {} (default: the data's, else none)")
     sp.add_argument("--size", type=int, help="shorter side in px (default: the model's image size)")

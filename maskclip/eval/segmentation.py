@@ -23,9 +23,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..dense import METHODS
+from ..dense import METHODS, resolve_method
 from ..errors import InputError
-from ..segmentation import check_method, segment_scores
+from ..segmentation import check_window
 from ..transforms import segmentation_input
 from ..zero_shot import resolve_templates
 from . import metrics
@@ -41,16 +41,18 @@ def zero_shot_segmentation(model, dataset, methods: Sequence[str] = METHODS, cla
                            stride: Optional[int] = None, progress: bool = True) -> dict:
     """Evaluate every dense ``method`` on ``dataset`` (an ``EvalSet`` or data spec with masks) -> results dict.
 
-    ``classnames`` replace the dataset's segmentation classes (one per mask value);
-    ``templates`` default to the dataset's suggested ones.
+    Results are keyed by the method names as given (an alias such as ``"maskclip"`` keeps its
+    spelling; it scores as ``"zhou"``). ``classnames`` replace the dataset's segmentation classes
+    (one per mask value); ``templates`` default to the dataset's suggested ones.
     """
     start = time.perf_counter()
     ds = open_dataset(dataset, segmentation_classes=classnames, default_size=model.config.preprocess.image_size)
     ds.require("masks", "zero-shot segmentation")
-    methods = [check_method(m) for m in _check_methods(methods)]
+    methods = {m: resolve_method(m) for m in _check_methods(methods)}  # as given -> name in METHODS
     templates = resolve_templates(templates if templates is not None else ds.templates)
     classes, bg = ds.segmentation_classes, ds.background_index
     size = image_size if image_size is not None else model.config.preprocess.image_size
+    window, stride = check_window(window, stride, model.config.vision.patch_size)
     n_cls = len(classes)
     confusion = {m: torch.zeros(n_cls, n_cls, dtype=torch.long) for m in methods}
     fg_confusion = {m: torch.zeros(n_cls - 1, n_cls - 1, dtype=torch.long) for m in methods} if bg is not None else {}
@@ -60,8 +62,8 @@ def zero_shot_segmentation(model, dataset, methods: Sequence[str] = METHODS, cla
             record = ds[i]
             x, out_size = segmentation_input(record.image, model.config.preprocess, size=size)
             target = _mask(record.mask, out_size, n_cls, ds.name, i)
-            for m in methods:
-                scores = segment_scores(model, x.to(model.device, model.dtype), out_size, classifier, m, window, stride)
+            for m, name in methods.items():
+                scores = model._segmentation_scores(x, out_size, classifier, name, window, stride)
                 confusion[m] += metrics.confusion_matrix(scores.argmax(0), target, n_cls, IGNORE_INDEX)
                 if bg is not None:
                     fg_confusion[m] += _foreground_confusion(scores, target, bg)
@@ -78,7 +80,7 @@ def zero_shot_segmentation(model, dataset, methods: Sequence[str] = METHODS, cla
         "methods": results,
         "protocol": {
             "image_size": size, "resize": "shorter side to image_size, aspect ratio kept, no crop",
-            "window": window, "stride": stride if window is None or stride is not None else max(window // 2, 1),
+            "window": window, "stride": stride,
             "scores": "cosine of L2-normalised dense features and the text classifier, bilinearly upsampled "
                       "to the mask size, argmax per pixel; confusion matrices summed over the set",
             "background": "no background class" if bg is None else (

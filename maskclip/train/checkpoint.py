@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import fsync_dir
 from ..errors import WeightsError
-from ..io import sha256_file
+from ..serialization import sha256_file
 
 FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
 _NAME = re.compile(r"^step_(\d{8})$")

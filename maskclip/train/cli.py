@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import ConfigError
-from .config import RECIPES, TrainConfig, load_presets, parse_override
+from .config import PRECISIONS, RECIPES, TrainConfig, load_presets, parse_override
 
 # Flags that set the config field of the same name.
 _SHORTCUTS = ("data", "steps", "epochs", "batch_size", "lr", "workers", "precision", "seed", "samples_per_epoch",
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accum-steps", type=int, dest="accum_steps")
     p.add_argument("--lr", type=float)
     p.add_argument("--workers", type=int, help="data-loading processes per rank")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--distributed", choices=["ddp", "fsdp"])
     p.add_argument("--seed", type=int)
     p.add_argument("--ckpt-every", type=int, dest="ckpt_every")

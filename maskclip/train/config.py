@@ -1,9 +1,10 @@
 """The training config: one dataclass tree, presets as data, dotted overrides, a JSON round trip.
 
 Every setting of every recipe is a field here with a default. Fields whose value is our own
-choice (the MaskCLIP paper does not publish it) say so in their comment; ``RECIPES.md`` in the
-docs explains each. Presets (``presets.json``) fill the fields for a setting: ``vitb16-yfcc15m``
-is the papers' ViT-B/16 YFCC-15M setting, ``tiny`` a CPU-sized model for tests and examples.
+choice (the MaskCLIP paper does not publish it) say so in their comment; ``docs/training.md``
+("What the papers fix, and what is ours") explains each. Presets (``presets.json``) fill the
+fields for a setting: ``vitb16-yfcc15m`` is the papers' ViT-B/16 YFCC-15M setting, ``tiny`` a
+CPU-sized model for tests and examples.
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ class MAEConfig:
 
 @dataclass
 class MaskCLIPConfig:
-    """Masked self-distillation. The paper fixes the idea; every number here is ours (RECIPES.md)."""
+    """Masked self-distillation. The paper fixes the idea; every number here is ours (docs/training.md)."""
 
     weight: float = 1.0  # ours
     # "full": the student's full-image pass gives the contrastive loss (as CLIP; the paper's design);

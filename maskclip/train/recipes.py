@@ -9,7 +9,7 @@ runs after every optimizer step (EMA teacher update, logit-scale clamp).
 - ``slip``: CLIP + SimCLR on two strongly augmented views (SLIP, Mu et al. 2022).
 - ``clip_mae``: CLIP + MAE pixel reconstruction of masked patches (the ablation MaskCLIP argues against).
 - ``maskclip``: CLIP + masked self-distillation from an EMA teacher in the joint space, for image
-  patches and (optionally) caption tokens (Dong et al., CVPR 2023; details ours: RECIPES.md).
+  patches and (optionally) caption tokens (Dong et al., CVPR 2023; details ours: docs/training.md).
 - ``rils``: CLIP + reconstruction in the language space with caption prototypes (Yang et al., CVPR 2023).
 """
 from __future__ import annotations

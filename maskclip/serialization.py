@@ -1,6 +1,7 @@
-"""Reading and writing checkpoints on disk, in every supported layout.
+"""Checkpoints on disk, in every supported layout: reading them as native weights, writing them.
 
-Layouts of a folder:
+Layouts of a folder (``FORMATS``; ``maskclip`` is the native one, named like the others for the
+library that writes it):
 - ``maskclip``: ``config.json`` (config_type "maskclip") + ``model.safetensors``;
 - ``open_clip``: ``open_clip_config.json`` + ``open_clip_model.safetensors`` (or the pickled ``.bin``);
 - ``transformers``: ``config.json`` (model_type "clip") + ``model.safetensors`` (or ``pytorch_model.bin``).
@@ -16,7 +17,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from safetensors import SafetensorError
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from . import convert
 from .atomic import atomic_write, atomic_write_text
-from .config import ModelConfig
+from .config import CONFIG_TYPE, ModelConfig
 from .errors import ConfigError, InputError, ModelNotFoundError, WeightsError
 
 StateDict = Dict[str, torch.Tensor]
@@ -126,16 +127,22 @@ def read_weights(path: Path, allow_pickle: bool = False) -> StateDict:
                        f"{PICKLE_SUFFIXES} with allow_pickle=True)")
 
 
+def config_json_layout(data: Mapping[str, Any]) -> Optional[str]:
+    """Whose ``config.json`` this is: ``maskclip`` | ``transformers``, or ``None`` (e.g. timm's)."""
+    if data.get("config_type") == CONFIG_TYPE:
+        return "maskclip"
+    if data.get("model_type") == "clip":
+        return "transformers"
+    return None
+
+
 def folder_layout(folder: Path) -> str:
     """Which layout a checkpoint folder is in: ``maskclip`` | ``open_clip`` | ``transformers``."""
     folder = Path(folder)
     config = folder / NATIVE_CONFIG
-    if config.is_file():
-        data = read_json(config)
-        if data.get("config_type") == "maskclip":
-            return "maskclip"
-        if data.get("model_type") == "clip":
-            return "transformers"
+    layout = config_json_layout(read_json(config)) if config.is_file() else None
+    if layout is not None:
+        return layout
     if (folder / OPEN_CLIP_CONFIG).is_file():
         return "open_clip"
     present = sorted(p.name for p in folder.iterdir())[:12]
@@ -177,7 +184,7 @@ def read_file(path: Path, allow_pickle: bool = False) -> Tuple[ModelConfig, Stat
     path = Path(path)
     sd = read_weights(path, allow_pickle)
     beside = path.parent / NATIVE_CONFIG
-    if beside.is_file() and read_json(beside).get("config_type") == "maskclip":
+    if beside.is_file() and config_json_layout(read_json(beside)) == "maskclip":
         return ModelConfig.from_json(beside), sd
     return convert.to_native(sd)
 
