@@ -103,12 +103,12 @@ def preprocess(img: Image.Image, cfg: PreprocessConfig, size: Optional[int] = No
     As in open_clip, resizing and cropping run in the image's own mode and RGB conversion
     comes after, so PIL's own rules apply: RGBA/LA are resized with premultiplied alpha
     (fully transparent areas turn black), and P/1 images are always resized with nearest
-    neighbour. High-bit-depth images are converted first (``to_rgb``).
+    neighbour. High-bit-depth images are converted first (``maskclip.images.rgb``).
     """
     _check_pil(img)
     s = _target_size(cfg, size)
     if img.mode in HIGH_BIT_MODES:
-        img = to_rgb(img)
+        img = rgb(img)
     squash = crop and cfg.resize_mode == "squash"
     out_h, out_w = (s, s) if squash else _shorter_side_size(img.height, img.width, s)
     _check_resized(img.height, img.width, out_h, out_w)
@@ -117,8 +117,7 @@ def preprocess(img: Image.Image, cfg: PreprocessConfig, size: Optional[int] = No
     if crop and not squash:
         top, left = _crop_offsets(out_h, out_w, s)
         img = img.crop((left, top, left + s, top + s))
-    if img.mode != "RGB":  # after the geometry, as open_clip converts (to_rgb would check an RGB image again)
-        img = to_rgb(img)
+    img = rgb(img)  # after the geometry, as open_clip converts; img was checked above
     pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
     return _normalize(pixels.float().div(255), cfg)
 

@@ -31,6 +31,7 @@ def calls(monkeypatch):
 
 
 PIL_IMAGE = Image.new("RGB", (80, 48), (200, 30, 30))
+PIL_IMAGE16 = Image.new("I;16", (80, 48), 30000)
 FLOAT_IMAGE = torch.randn(1, 3, 48, 80)
 
 CASES = {
@@ -49,6 +50,8 @@ CASES = {
     "dense_features": (lambda m: m.dense_features(PIL_IMAGE, method="zhou"), {"resolve_method": 1, "_check_pil": 1}),
     "dense_features of a tensor": (lambda m: m.dense_features(FLOAT_IMAGE), {"resolve_method": 1, "_check_tensor": 1}),
     "encode_image": (lambda m: m.encode_image(PIL_IMAGE), {"_check_pil": 1}),
+    "encode_image of 16-bit and RGBA images": (lambda m: m.encode_image([PIL_IMAGE16, PIL_IMAGE.convert("RGBA")]),
+                                               {"_check_pil": 2}),
 }
 
 
