@@ -7,9 +7,9 @@ side becomes ``int(S * long / short)``), center crop S x S with offsets
 implementations, the geometry runs in the image's own mode and the conversion to RGB comes
 last; only 16/32-bit images are converted first (see ``to_rgb``).
 
-Entry points: ``load_image`` (path -> RGB PIL image), ``preprocess`` / ``Preprocess`` (PIL
-image -> model input), ``to_batch`` (any accepted image input -> ``[B, 3, H, W]``) and
-``segmentation_input`` (one image, uncropped).
+Entry points: ``load_image`` (path -> RGB PIL image, by the decoder of ``maskclip.images``),
+``preprocess`` / ``Preprocess`` (PIL image -> model input), ``to_batch`` (any accepted image
+input -> ``[B, 3, H, W]``) and ``segmentation_input`` (one image, uncropped).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ _ACCEPTED = "a path, a PIL image, a uint8 or float torch tensor [3, H, W] / [B, 
 MAX_FLOAT_PIXEL = 1e4
 
 
-# --- loading ---------------------------------------------------------------------------------
+# --- loading -----------------------------------------------------------------------------------
 
 
 def load_image(x) -> Image.Image:
