@@ -1,5 +1,5 @@
-"""PEFT adapters (LoRA, IA3) on every linear layer, q/k/v included: they change the features on the
-fast inference path and under autograd, train alone, and merge into the same model."""
+"""PEFT adapters (LoRA, IA3) on every linear layer, q/k/v included: they change the image, text and
+dense features on the fast inference path and under autograd, train alone, and merge into the same model."""
 import copy
 
 import pytest
@@ -17,8 +17,9 @@ LINEAR_NAMES = ["in_proj", "out_proj", "c_fc", "c_proj"]
 
 
 def features(model, grad: bool = False):
+    """Image, text and dense (sclip: the q/k/v path of the last block) features."""
     with torch.enable_grad() if grad else torch.inference_mode():
-        return model.encode_image(IMAGES), model.encode_text(PROMPTS)
+        return model.encode_image(IMAGES), model.encode_text(PROMPTS), model.dense_features(IMAGES, method="sclip")
 
 
 def adapted(config, act: str = "quick_gelu"):
@@ -53,8 +54,8 @@ def test_a_nonzero_lora_adapter_changes_both_encoders_on_the_fast_path_and_under
 
 def test_lora_gradients_reach_the_adapters_only():
     _, peft_model = adapted(lora())
-    image, text = features(peft_model, grad=True)
-    (image.square().sum() + text.square().sum()).backward()
+    image, text, dense = features(peft_model, grad=True)
+    (image.square().sum() + text.square().sum() + dense.square().sum()).backward()
     adapters = {n for n, p in peft_model.named_parameters() if "lora_" in n}
     with_grad = {n for n, p in peft_model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_grad == adapters
