@@ -2,24 +2,22 @@
 
 Parameter names follow OpenAI CLIP / open_clip (``ln_1``, ``attn.in_proj_weight``, ``mlp.c_fc``, ...)
 so their state dicts load without renaming. Tensors are batch first: ``[B, N, D]``.
-Attention goes through ``F.scaled_dot_product_attention`` (fused kernels on CPU and GPU); linear
-layers go through ``linear``, which picks oneDNN's kernel for fp32 inference on the CPU.
+Attention goes through ``F.scaled_dot_product_attention`` (fused kernels on CPU and GPU). Every
+linear layer is a ``Linear`` module (an ``nn.Linear``, so hooks, PEFT and quantisation see it) that
+picks oneDNN's kernel for fp32 inference on the CPU; the MLP's activation, chosen when the model is
+built, fuses into that kernel (exact GELU) or works in place (QuickGELU) when nothing observes it.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 from torch.utils.checkpoint import checkpoint
 
-
-class QuickGELU(nn.Module):
-    """OpenAI CLIP's GELU approximation ``x * sigmoid(1.702 x)``; its weights need it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+from .errors import InputError, InputTypeError
 
 
 def _onednn_linear_op():
@@ -41,26 +39,28 @@ def _cpu_autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
     """True for fp32 CPU inference outside autocast and torch.compile, with oneDNN enabled.
 
     On CPU, torch's fp32 ``F.linear`` calls MKL's sgemm; oneDNN's kernel computes the same product
     (fp32 accumulation, same results to ~1e-6 relative) about twice as fast on AVX-512 CPUs
-    (docs/performance.md). It has no autograd formula, hence inference only. Autocast and
+    (docs/performance.md). It has no autograd formula, hence inference only: not when grad mode
+    is on and the input, weight or bias requires grad (a bias alone trains in BitFit). Autocast and
     torch.compile have their own linear lowering, so they keep ``F.linear``.
     ``torch.backends.mkldnn.flags(enabled=False)`` turns this path off.
     """
     return (not _is_compiling() and _ONEDNN_LINEAR is not None
             and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.device.type == "cpu" and weight.device.type == "cpu"
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not (torch.is_grad_enabled()
+                     and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)))
             and not _cpu_autocast() and torch._C._get_mkldnn_enabled())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
            gelu: bool = False) -> torch.Tensor:
     """``F.linear`` (then exact GELU if ``gelu``), on oneDNN's fused kernel when ``_use_onednn``."""
-    if _use_onednn(x, weight):
+    if _use_onednn(x, weight, bias):
         if gelu:
             return _ONEDNN_LINEAR(x, weight, bias, "gelu", [], "none")
         return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
@@ -68,37 +68,174 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     return F.gelu(out) if gelu else out
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` on oneDNN's kernel in fp32 CPU inference (``_use_onednn``), ``F.linear`` otherwise.
+
+    Every linear layer of the towers is one, so forward hooks fire and PEFT wraps them (LoRA, IA3,
+    ...). torch.ao's eager quantisation matches exact types, so name this one to quantise it:
+    ``torch.ao.quantization.quantize_dynamic(model, {maskclip.layers.Linear}, dtype=torch.qint8)``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+class _ViaNNLinear:
+    """torch.ao's dynamic-quantisation target for ``Linear``.
+
+    torch's dynamic quantised linear is built only from an exact ``nn.Linear``: this hands it
+    one that holds the same weights.
+    """
+
+    @staticmethod
+    def from_float(mod: Linear, use_precomputed_fake_quant: bool = False) -> nn.Module:
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+        plain = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
+        plain.weight, plain.bias = mod.weight, mod.bias
+        plain.qconfig = mod.qconfig
+        return DynamicQuantizedLinear.from_float(plain, use_precomputed_fake_quant=use_precomputed_fake_quant)
+
+
+def _register_dynamic_quantisation() -> None:
+    """Map ``Linear`` in torch.ao's default dynamic-quantisation mapping (which ``quantize_dynamic`` reads)."""
+    try:
+        from torch.ao.quantization import quantization_mappings
+    except ImportError:  # torch.ao.quantization is deprecated: a torch without it has no mapping to extend
+        return
+    quantization_mappings.DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS[Linear] = _ViaNNLinear
+
+
+_register_dynamic_quantisation()
+
+
+def _runs_as_is(module: nn.Module, cls: type) -> bool:
+    """True if calling ``module`` runs exactly ``cls.forward``: that very type and no forward hooks.
+
+    Only then may a fused kernel replace the call (or reuse its output in place) unobserved.
+    A PEFT adapter, a quantised copy or a hook (on the module or global) makes this False.
+    """
+    return (type(module) is cls and not module._forward_hooks and not module._forward_pre_hooks
+            and not _global_forward_hooks and not _global_forward_pre_hooks)
+
+
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's GELU approximation ``x * sigmoid(1.702 x)``; its weights need it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+    def after_linear(self, fc: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``self(fc(x))``; in place on ``fc``'s output when nothing else can hold that tensor."""
+        h = fc(x)
+        if not h.requires_grad and _runs_as_is(fc, Linear) and _runs_as_is(self, QuickGELU):
+            # The same operations, in place where the tensor is this call's own: the hidden
+            # activations are the model's biggest tensors, and each fresh one costs page faults.
+            return h.mul_((h * 1.702).sigmoid_())
+        return self(h)
+
+
+class GELU(nn.GELU):
+    """Exact GELU; after a plain ``Linear`` in fp32 CPU inference, fused into oneDNN's linear kernel."""
+
+    def __init__(self):
+        super().__init__(approximate="none")
+
+    def after_linear(self, fc: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``self(fc(x))``, in one oneDNN call when both would run as is."""
+        if _runs_as_is(fc, Linear) and _runs_as_is(self, GELU) and _use_onednn(x, fc.weight, fc.bias):
+            return _ONEDNN_LINEAR(x, fc.weight, fc.bias, "gelu", [], "none")
+        return self(fc(x))
+
+
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": GELU}
+
+
 def make_activation(name: str) -> nn.Module:
-    if name == "quick_gelu":
-        return QuickGELU()
-    if name == "gelu":
-        return nn.GELU()
-    raise ValueError(f"activation must be 'quick_gelu' or 'gelu'; got {name!r}")
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {name!r}")
+    return ACTIVATIONS[name]()
+
+
+# The fused q/k/v projection's parameters as nn.MultiheadAttention names them, and with it OpenAI
+# CLIP, open_clip, every converter and every checkpoint: (the attention's name, in_proj's name).
+_QKV_NAMES = (("in_proj_weight", "weight"), ("in_proj_bias", "bias"))
+
+
+def _in_proj_is_tied(attn: "Attention") -> bool:
+    """True while ``attn.in_proj`` is a Linear over the attention's own q/k/v parameters."""
+    own = attn.in_proj._parameters
+    return all(own.get(name) is getattr(attn, saved) for saved, name in _QKV_NAMES)
+
+
+def _drop_in_proj_keys(attn: "Attention", state_dict, prefix: str, local_metadata) -> None:
+    """State-dict post-hook: ``in_proj.weight`` / ``.bias`` repeat ``in_proj_weight`` / ``_bias``; keep those."""
+    if _in_proj_is_tied(attn):
+        for _, name in _QKV_NAMES:
+            state_dict.pop(f"{prefix}in_proj.{name}", None)
+
+
+def _feed_in_proj_keys(attn: "Attention", state_dict, prefix: str, local_metadata, *args) -> None:
+    """Load-state-dict pre-hook: ``in_proj`` loads the tensors given for ``in_proj_weight`` / ``_bias``."""
+    if not _in_proj_is_tied(attn):
+        return
+    for saved, name in _QKV_NAMES:
+        value = state_dict.get(prefix + saved)
+        if value is None:
+            continue
+        if local_metadata.get("assign_to_params_buffers") and not isinstance(value, nn.Parameter):
+            # assign=True wraps each key's tensor in a Parameter of its own; one Parameter for
+            # both keys keeps the two names one parameter.
+            value = state_dict[prefix + saved] = nn.Parameter(value, requires_grad=getattr(attn, saved).requires_grad)
+        state_dict[f"{prefix}in_proj.{name}"] = value
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused q/k/v projection (rows q, k, v in that order)."""
+    """Multi-head self-attention; q, k, v from one projection (output rows q, k, v in that order).
+
+    The projection's parameters are the attention's own ``in_proj_weight`` / ``in_proj_bias``, so
+    parameter names, state-dict keys, optimizer and FSDP state keep OpenAI's names. The same
+    Parameter objects are the ``weight`` / ``bias`` of ``in_proj``, the ``Linear`` the forward
+    calls, so hooks, PEFT adapters (LoRA on q/k/v) and quantisation reach q/k/v as a module.
+    ``named_parameters`` and state dicts hold each once, under OpenAI's name.
+    """
 
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
+        # Built on the meta device (no memory, no random numbers drawn), then given the two above.
+        self.in_proj = Linear(width, 3 * width, device="meta")
+        self._tie_in_proj()
+        self.out_proj = Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
+        self._register_state_dict_hook(_drop_in_proj_keys)
+        self.register_load_state_dict_pre_hook(_feed_in_proj_keys)
+
+    def _tie_in_proj(self) -> None:
+        self.in_proj.weight, self.in_proj.bias = self.in_proj_weight, self.in_proj_bias
+
+    def _apply(self, fn, *args, **kwargs):
+        # A conversion that cannot happen in place (to or from the meta device, say) gives each
+        # module a new Parameter; the q/k/v parameters must stay one.
+        tied = _in_proj_is_tied(self)
+        super()._apply(fn, *args, **kwargs)
+        if tied:
+            self._tie_in_proj()
+        return self
 
     def qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``[B, N, D]`` -> q, k, v each ``[B, heads, N, D / heads]``."""
         B, N, D = x.shape
-        qkv = linear(x, self.in_proj_weight, self.in_proj_bias)
-        qkv = qkv.view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = self.in_proj(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         return qkv.unbind(0)
 
     def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, heads, N, d]`` -> ``[B, N, heads * d]`` through the output projection."""
         B, H, N, d = x.shape
-        return linear(x.transpose(1, 2).reshape(B, N, H * d), self.out_proj.weight, self.out_proj.bias)
+        return self.out_proj(x.transpose(1, 2).reshape(B, N, H * d))
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         q, k, v = self.qkv(x)
@@ -106,22 +243,16 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """``c_proj(act(c_fc(x)))``; the activation, chosen at build, knows how to fuse with ``c_fc``."""
+
     def __init__(self, width: int, hidden: int, act: str):
         super().__init__()
-        self.c_fc = nn.Linear(width, hidden)
+        self.c_fc = Linear(width, hidden)
         self.gelu = make_activation(act)
-        self.c_proj = nn.Linear(hidden, width)
+        self.c_proj = Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fc, proj = self.c_fc, self.c_proj
-        if isinstance(self.gelu, nn.GELU) and self.gelu.approximate == "none":
-            return linear(linear(x, fc.weight, fc.bias, gelu=True), proj.weight, proj.bias)
-        h = linear(x, fc.weight, fc.bias)
-        if isinstance(self.gelu, QuickGELU) and not h.requires_grad:
-            # The same operations, in place where the tensor is this call's own: the hidden
-            # activations are the model's biggest tensors, and each fresh one costs page faults.
-            return linear(h.mul_((h * 1.702).sigmoid_()), proj.weight, proj.bias)
-        return linear(self.gelu(h), proj.weight, proj.bias)
+        return self.c_proj(self.gelu.after_linear(self.c_fc, x))
 
 
 class Block(nn.Module):
@@ -137,6 +268,27 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), causal=causal)
         return x + self.mlp(self.ln_2(x))
+
+
+def take_indices(depth: int, indices: Union[None, int, Sequence[int]]) -> List[int]:
+    """timm's choice of blocks out of ``depth``: None -> all, ``n`` -> the last ``n``, a sequence ->
+    those (negative ones count from the end). Sorted, each once: blocks run in order."""
+    if indices is None:
+        return list(range(depth))
+    if isinstance(indices, (bool, str)) or not isinstance(indices, (int, Sequence)):
+        raise InputTypeError(f"indices must be None, an int or a sequence of ints; got {type(indices).__name__}")
+    if isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise InputError(f"indices (the last n blocks) must be 1 to {depth}; got {indices}")
+        return list(range(depth - indices, depth))
+    taken = set()
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, int) or not -depth <= i < depth:
+            raise InputError(f"block indices must be ints in [{-depth}, {depth}); got {i!r}")
+        taken.add(i % depth)
+    if not taken:
+        raise InputError("indices must name at least one block; got an empty sequence")
+    return sorted(taken)
 
 
 class Transformer(nn.Module):
@@ -162,18 +314,18 @@ class Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor, causal: bool = False, stop: Optional[int] = None) -> torch.Tensor:
         """Run blocks ``[0, stop)`` (all by default) on ``x: [B, N, D]``."""
-        for block in self.resblocks[:stop]:
+        return self.forward_intermediates(x, (), causal=causal, stop=stop)[0]
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int], causal: bool = False,
+                              stop: Optional[int] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Run blocks ``[0, stop)`` on ``x: [B, N, D]``: the last output, and the outputs ``[B, N, D]``
+        of the blocks at ``indices`` (absolute, as ``take_indices`` gives them) in block order."""
+        wanted, outs = set(indices), []
+        for i, block in enumerate(self.resblocks[:stop]):
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, causal, use_reentrant=False)
             else:
                 x = block(x, causal=causal)
-        return x
-
-    def forward_intermediates(self, x: torch.Tensor, indices: List[int], causal: bool = False):
-        """Run all blocks; return the final tokens and the outputs of blocks at ``indices``."""
-        wanted, outs = set(indices), []
-        for i, block in enumerate(self.resblocks):
-            x = block(x, causal=causal)
             if i in wanted:
                 outs.append(x)
         return x, outs
@@ -211,6 +363,21 @@ def resample_grid(tokens: torch.Tensor, old: Tuple[int, int], new: Tuple[int, in
     grid = tokens.float().reshape(1, old[0], old[1], D).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=tuple(new), mode="bicubic", align_corners=False)
     return grid.permute(0, 2, 3, 1).reshape(-1, D).to(tokens.dtype)
+
+
+def grid_pos_embed(stored: torch.Tensor, stored_grid: Tuple[int, int], grid: Tuple[int, int],
+                   kind: str = "learned") -> torch.Tensor:
+    """A position embedding ``[1 + gh * gw, D]`` (class row first) for a ``grid`` of patches.
+
+    ``stored`` is the ``[1 + sh * sw, D]`` embedding for ``stored_grid``, returned as is for that
+    grid. Otherwise a ``"sincos"`` one is recomputed, and a learned one resampled bicubically
+    (class row untouched), so any input resolution works.
+    """
+    if tuple(grid) == tuple(stored_grid):
+        return stored
+    if kind == "sincos":
+        return sincos_2d(stored.shape[1], grid).to(stored)
+    return torch.cat([stored[:1], resample_grid(stored[1:], stored_grid, grid)])
 
 
 def causal_len(tokens: torch.Tensor) -> int:

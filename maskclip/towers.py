@@ -3,17 +3,22 @@
 ``VisionTower``: ViT, ``[B, 3, H, W]`` (already preprocessed) -> ``[B, E]`` or patch tokens.
 ``TextTower``: causal transformer, token ids ``[B, L]`` -> ``[B, E]`` pooled at end-of-text; large
 batches run in buckets of similar length (``length_buckets``).
+Both give per-block outputs through ``forward_intermediates`` (timm's and open_clip's name and
+arguments).
 Parameter names are OpenAI CLIP's (under ``visual.`` and ``text.``).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .config import TextConfig, VisionConfig
-from .layers import Transformer, causal_len, resample_grid, sincos_2d
+from .errors import InputError
+from .layers import Transformer, causal_len, grid_pos_embed, sincos_2d, take_indices
+
+Indices = Union[None, int, Sequence[int]]
 
 
 class VisionTower(nn.Module):
@@ -44,12 +49,7 @@ class VisionTower(nn.Module):
         bicubically (class token untouched), so any input resolution works.
         """
         g = self.cfg.grid_size
-        if tuple(grid) == (g, g):
-            return self.positional_embedding
-        if self.cfg.pos_embed == "sincos":
-            return sincos_2d(self.cfg.width, grid).to(self.positional_embedding)
-        pe = self.positional_embedding
-        return torch.cat([pe[:1], resample_grid(pe[1:], (g, g), grid)])
+        return grid_pos_embed(self.positional_embedding, (g, g), grid, self.cfg.pos_embed)
 
     def patchify(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """``[B, 3, H, W]`` -> patch embeddings ``[B, gh * gw, width]`` (row-major), ``(gh, gw)``."""
@@ -90,6 +90,28 @@ class VisionTower(nn.Module):
         """``[B, 3, H, W]`` -> ``[B, E]``."""
         tokens, _ = self.forward_tokens(x)
         return self.pool(tokens)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Per-block patch tokens of preprocessed images ``x: [B, 3, H, W]`` (timm's arguments).
+
+        ``indices``: which blocks: None -> all, ``n`` -> the last ``n``, a sequence -> those
+        (negative ones count from the end); returned in block order. ``norm`` applies ``ln_post``
+        to each. ``output_fmt``: ``"NCHW"`` -> ``[B, width, H / p, W / p]``, ``"NLC"`` ->
+        ``[B, (H / p) * (W / p), width]`` (row-major); the class token is left out of both.
+        Returns ``(image embedding [B, E], intermediates)``, or with ``intermediates_only`` just
+        the list, computed only as far as the last block asked for.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise InputError(f"output_fmt must be 'NCHW' or 'NLC'; got {output_fmt!r}")
+        take = take_indices(len(self.transformer.resblocks), indices)
+        tokens, (gh, gw) = self.embed(x)
+        tokens, outs = self.transformer.forward_intermediates(
+            tokens, take, stop=take[-1] + 1 if intermediates_only else None)
+        outs = [self.ln_post(y[:, 1:]) if norm else y[:, 1:] for y in outs]
+        if output_fmt == "NCHW":
+            outs = [y.transpose(1, 2).reshape(y.shape[0], -1, gh, gw) for y in outs]
+        return outs if intermediates_only else (self.pool(tokens), outs)
 
 
 # Bucket sizes (in texts) for length bucketing, per device type: a new bucket starts where the
@@ -148,8 +170,10 @@ class TextTower(nn.Module):
         The entry point for inputs that are not plain ids, such as masked captions whose
         masked positions carry a learned embedding.
         """
-        x = x + self.positional_embedding[:x.shape[1]].to(x.dtype)
-        return self.transformer(x, causal=True)
+        return self.transformer(self._add_positions(x), causal=True)
+
+    def _add_positions(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.positional_embedding[:x.shape[1]].to(x.dtype)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids ``[B, L]`` -> ``[B, E]``, the hidden state at end-of-text (the max id).
@@ -168,7 +192,26 @@ class TextTower(nn.Module):
 
     def forward_batch(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids ``[B, L]`` -> ``[B, E]`` in one batch, run to its longest end-of-text token."""
-        x = self.forward_tokens(tokens)
+        return self.pool(tokens, self.forward_tokens(tokens))
+
+    def pool(self, tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``x: [B, L', width]`` of token ids ``[B, L]`` -> ``[B, E]`` at end-of-text."""
         eot = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
         # LayerNorm acts per token, so normalising only the pooled token is exact and cheaper.
         return self.ln_final(eot) @ self.text_projection
+
+    def forward_intermediates(self, tokens: torch.Tensor, indices: Indices = None, norm: bool = False,
+                              intermediates_only: bool = False):
+        """Per-block hidden states ``[B, L', width]`` of token ids ``[B, L]`` (open_clip's arguments).
+
+        ``L'`` reaches the batch's last end-of-text token, as in ``forward_tokens``. ``indices``
+        and ``intermediates_only`` as in ``VisionTower.forward_intermediates``; ``norm`` applies
+        ``ln_final``. Returns ``(text embedding [B, E], intermediates)`` (one batch, no length
+        buckets), or just the list.
+        """
+        take = take_indices(len(self.transformer.resblocks), indices)
+        x = self._add_positions(self.token_embedding(tokens[:, :causal_len(tokens)]))
+        x, outs = self.transformer.forward_intermediates(
+            x, take, causal=True, stop=take[-1] + 1 if intermediates_only else None)
+        outs = [self.ln_final(y) for y in outs] if norm else outs
+        return outs if intermediates_only else (self.pool(tokens, x), outs)

@@ -12,7 +12,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from ..layers import Transformer, resample_grid, sincos_2d
+from ..layers import Transformer, grid_pos_embed, sincos_2d
 from .masking import Mask
 
 
@@ -43,13 +43,6 @@ class PatchDecoder(nn.Module):
         self.norm = nn.LayerNorm(width, eps=eps)
         self.head = nn.Linear(width, out_dim)
 
-    def _pos(self, grid: Tuple[int, int]) -> torch.Tensor:
-        if tuple(grid) == self.grid:
-            return self.pos
-        if self.pos_kind == "sincos":
-            return sincos_2d(self.pos.shape[1], grid).to(self.pos)
-        return torch.cat([self.pos[:1], resample_grid(self.pos[1:], self.grid, grid)])
-
     def forward(self, tokens: torch.Tensor, mask: Mask, grid: Tuple[int, int]) -> torch.Tensor:
         x = self.embed(tokens)
         B, n = mask.mask.shape
@@ -58,7 +51,7 @@ class PatchDecoder(nn.Module):
             seq = torch.cat([x[:, 1:], filler], dim=1)
             seq = torch.gather(seq, 1, mask.ids_restore.unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
             x = torch.cat([x[:, :1], seq], dim=1)
-        x = self.blocks(x + self._pos(grid).to(x.dtype))
+        x = self.blocks(x + grid_pos_embed(self.pos, self.grid, grid, self.pos_kind).to(x.dtype))
         return self.head(self.norm(x[:, 1:]))
 
 
