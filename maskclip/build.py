@@ -14,10 +14,10 @@ import torch
 from .config import ModelConfig
 from .convert import count_blocks
 from .errors import ConfigError, WeightsError
-from .model import MaskCLIP
+from .model import DualEncoder
 
 
-def build_model(config: ModelConfig, state_dict: Dict[str, torch.Tensor], source: str = "the checkpoint") -> MaskCLIP:
+def build_model(config: ModelConfig, state_dict: Dict[str, torch.Tensor], source: str = "the checkpoint") -> DualEncoder:
     """A model of ``config`` holding ``state_dict``, checked against each other before anything is allocated.
 
     A hostile or mistaken config (a million layers, a width of 2**20) would otherwise allocate
@@ -34,17 +34,17 @@ def build_model(config: ModelConfig, state_dict: Dict[str, torch.Tensor], source
             shallow = replace(shallow, **{part: replace(cfg, layers=min(cfg.layers, found + 1))})
     try:
         with torch.device("meta"):
-            skeleton = MaskCLIP(shallow)
+            skeleton = DualEncoder(shallow)
     except (RuntimeError, TypeError, ValueError, OverflowError) as e:  # sizes torch cannot represent
         raise ConfigError(f"the config of {source} describes a model that cannot be built: "
                           f"{str(e).splitlines()[0]}") from None
     _raise_mismatches(problems + _mismatches(skeleton.state_dict(), state_dict), source, config)
-    model = MaskCLIP(config)
+    model = DualEncoder(config)
     load_state_dict(model, state_dict, source)
     return model
 
 
-def load_state_dict(model: MaskCLIP, state_dict: Dict[str, torch.Tensor], source: str = "the checkpoint") -> None:
+def load_state_dict(model: DualEncoder, state_dict: Dict[str, torch.Tensor], source: str = "the checkpoint") -> None:
     """Strict load with one readable error for missing keys, extra keys, shapes, dtypes and NaN.
 
     Every check runs before the first parameter is written: a refused ``state_dict`` leaves ``model`` as it was.

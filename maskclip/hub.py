@@ -20,7 +20,7 @@ from . import resources, serialization
 from .build import build_model
 from .config import ModelConfig
 from .errors import InputTypeError, ModelNotFoundError, WeightsError, WeightsUnavailableError
-from .model import MaskCLIP
+from .model import DualEncoder
 
 HUB_PREFIX = "hf-hub:"
 
@@ -207,7 +207,7 @@ def _resolve_registered(name: str, revision: Optional[str], cache_dir):
 
 def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] = None,
          dtype: Optional[torch.dtype] = None, revision: Optional[str] = None, cache_dir=None,
-         allow_pickle: bool = False, autocast: Optional[torch.dtype] = None, compile: bool = False) -> MaskCLIP:
+         allow_pickle: bool = False, autocast: Optional[torch.dtype] = None, compile: bool = False) -> DualEncoder:
     """Load a pretrained model, in eval mode.
 
     Args:
@@ -217,8 +217,8 @@ def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] =
         revision: Hub branch, tag or commit.
         allow_pickle: read pickled ``.bin``/``.pt`` files (with ``torch.load(weights_only=True)``).
         autocast: run the encoders in mixed precision (``torch.bfloat16`` or ``torch.float16``;
-            see ``MaskCLIP.autocast``), the weights staying in ``dtype``.
-        compile: ``torch.compile`` the towers (``MaskCLIP.compile``); the first calls compile.
+            see ``DualEncoder.autocast``), the weights staying in ``dtype``.
+        compile: ``torch.compile`` the towers (``DualEncoder.compile``); the first calls compile.
     """
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise InputTypeError(f"dtype must be a floating torch.dtype such as torch.float16; got {dtype!r}")

@@ -302,7 +302,7 @@ def real_builds(monkeypatch):
             built.append(config)
         return MaskCLIP(config)
 
-    monkeypatch.setattr(build, "MaskCLIP", spy)
+    monkeypatch.setattr(build, "DualEncoder", spy)
     return built
 
 
@@ -387,7 +387,7 @@ def test_any_config_is_refused_before_allocating_or_builds_a_model_holding_the_w
         return MaskCLIP(config)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(build, "MaskCLIP", spy)
+        mp.setattr(build, "DualEncoder", spy)
         built, err = outcome("config from JSON + build", lambda: build.build_model(ModelConfig.from_dict(cfg),
                                                                                   model.state_dict(), "forged"))
     if err is None:
