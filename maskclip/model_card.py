@@ -85,8 +85,8 @@ def _usage(repo: str, format: str) -> str:
     convert = ("This repo is in the `{layout}` layout, which {library} does not read. Write a copy it reads with "
                "`maskclip convert hf-hub:{repo} {folder}/ --format {library}`, then:")
     open_clip = ["```python", "import open_clip", "",
-                 f'model, _, preprocess = open_clip.create_model_and_transforms("{{source}}")',
-                 f'tokenizer = open_clip.get_tokenizer("{{source}}")', "```"]
+                 'model, _, preprocess = open_clip.create_model_and_transforms("{source}")',
+                 'tokenizer = open_clip.get_tokenizer("{source}")', "```"]
     transformers = ["```python", "from transformers import CLIPModel, CLIPProcessor, pipeline", "",
                     'model = CLIPModel.from_pretrained("{source}")',
                     'processor = CLIPProcessor.from_pretrained("{source}")',
