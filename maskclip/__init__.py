@@ -9,6 +9,7 @@ from .errors import (ConfigError, ImageNotFoundError, ImageReadError, InputError
                      MaskCLIPError, ModelNotFoundError, WeightsError, WeightsUnavailableError)
 from .hub import available_models, load, model_info
 from .model import DualEncoder, MaskCLIP
+from .onnx_export import export_onnx
 from .tokenizer import tokenize
 from .zero_shot import imagenet_classnames, template_sets
 
@@ -16,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DualEncoder", "MaskCLIP", "ModelConfig", "VisionConfig", "TextConfig", "PreprocessConfig", "architecture_config",
-    "load", "available_models", "model_info", "tokenize", "imagenet_classnames", "template_sets",
+    "load", "available_models", "model_info", "tokenize", "imagenet_classnames", "template_sets", "export_onnx",
     "MaskCLIPError", "InputError", "InputTypeError", "ImageReadError", "ImageNotFoundError",
     "ModelNotFoundError", "WeightsUnavailableError", "WeightsError", "ConfigError",
 ]

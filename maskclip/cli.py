@@ -1,4 +1,4 @@
-"""The ``maskclip`` command line: models, classify, embed, segment, convert, eval, data, train, export.
+"""The ``maskclip`` command line: models, classify, embed, segment, convert, eval, data, train, export, export-onnx.
 
 Every subcommand wraps the same public functions a Python user calls. Bad input ends the
 program with a one-line ``maskclip: error: ...`` on stderr and exit status 2.
@@ -165,6 +165,18 @@ def cmd_export(args) -> None:
     print(f"wrote the student of {folder} to {args.out} ({args.format} format)")
 
 
+def cmd_export_onnx(args) -> None:
+    import maskclip
+    from .onnx_export import export_onnx
+
+    model = maskclip.load(args.model, allow_pickle=args.allow_pickle)
+    try:
+        out = export_onnx(model, args.out, opset=args.opset)
+    except ImportError as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote the image and text encoders of {args.model} as ONNX to {out} (inputs in {out / 'onnx_config.json'})")
+
+
 # --- parser --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("out", help="output folder")
     sp.add_argument("--format", default="maskclip", choices=serialization.FORMATS)
     sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("export-onnx", help="export the image and text encoders as ONNX graphs (dynamic batch and length)")
+    sp.add_argument("model", help="registered name, folder, weights file or hf-hub:org/repo")
+    sp.add_argument("out", help="output folder")
+    sp.add_argument("--opset", type=int, default=None, help="ONNX opset, 18 or more (default: the exporter's)")
+    sp.add_argument("--allow-pickle", action="store_true",
+                    help="read pickled .bin/.pt checkpoints (with torch.load(weights_only=True))")
+    sp.set_defaults(func=cmd_export_onnx)
 
     from .datasets.cli import add_data_parser
     from .eval.cli import add_eval_parser

@@ -227,17 +227,28 @@ def save_pretrained(model, path, format: str = "maskclip") -> Path:
 
 
 def push_to_hub(model, repo_id: str, private: bool = False, revision: str = None,
-                commit_message: str = "Upload maskclip model", format: str = "maskclip", token: str = None):
-    """Save ``model`` in ``format`` to a temporary folder and upload it to ``repo_id`` on the Hub."""
+                commit_message: str = "Upload maskclip model", format: str = "maskclip", token: str = None,
+                license: Optional[str] = None, model_card: bool = True):
+    """Save ``model`` in ``format`` to a temporary folder and upload it to ``repo_id`` on the Hub.
+
+    With ``model_card`` (the default) a ``README.md`` goes along (``maskclip.model_card``;
+    ``license`` a Hub licence id, default the registered model's), unless the repo already has
+    one: a card written or edited on the Hub is not replaced.
+    """
     import tempfile
 
     from huggingface_hub import HfApi
 
+    from . import model_card as cards
+
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
         raise InputError(f"repo_id must look like 'org/name'; got {repo_id!r}")
+    card = cards.model_card(model, repo_id, format, license) if model_card else None  # checks before any upload
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(model, tmp, format=format)
+        if card is not None and not api.file_exists(repo_id, cards.README, revision=revision):
+            atomic_write_text(Path(tmp) / cards.README, card)
         return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
                                  commit_message=commit_message)

@@ -1,0 +1,133 @@
+"""The model card: the ``README.md`` the Hugging Face Hub shows for a repo, YAML front matter first.
+
+The front matter (``huggingface_hub.ModelCardData``) holds ``library_name: maskclip``, the
+tags, the pipeline and, when known, the licence; the text gives the architecture, the
+preprocessing, the full config, and how to load the repo in maskclip, open_clip and
+transformers: directly when it is in their layout, through ``maskclip convert`` otherwise.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from .atomic import atomic_write_text
+from .errors import InputError, InputTypeError
+
+README = "README.md"
+LIBRARY = "maskclip"
+PIPELINE = "zero-shot-image-classification"
+# Hub licence ids (https://huggingface.co/docs/hub/repositories-licenses) that registry entries may name.
+HUB_LICENCES = ("mit", "apache-2.0", "bsd-2-clause", "bsd-3-clause", "cc-by-4.0", "cc-by-nc-4.0",
+                "cc-by-sa-4.0", "openrail", "other")
+PLACEHOLDER_REPO = "ORG/NAME"
+
+
+def licence_of(config) -> Optional[str]:
+    """The Hub licence id of a registered model (``model_info(name)["licence"]``), or ``None`` if unknown."""
+    from .hub import registry
+
+    entry = registry().get(config.name or "", {})
+    licence = str(entry.get("licence", "")).lower()
+    return licence if licence in HUB_LICENCES else None
+
+
+def model_card(model, repo_id: Optional[str] = None, format: str = "maskclip", license: Optional[str] = None) -> str:
+    """``README.md`` text for ``model`` saved in ``format`` at ``repo_id`` (``"org/name"``).
+
+    ``license``: a Hub licence id; default that of the registered model, else none is claimed.
+    Without ``repo_id`` the loading examples name ``ORG/NAME``.
+    """
+    from huggingface_hub import ModelCardData
+
+    from .serialization import FORMATS
+
+    if format not in FORMATS:
+        raise InputError(f"format must be one of {list(FORMATS)}; got {format!r}")
+    if license is not None and not isinstance(license, str):
+        raise InputTypeError(f"license must be a Hub licence id such as 'mit'; got {type(license).__name__}")
+    if license is not None and not license.strip():
+        raise InputError("license is empty; give a Hub licence id such as 'mit', or None")
+    repo = repo_id or PLACEHOLDER_REPO
+    tags = [LIBRARY, "clip", "zero-shot-image-classification", "image-feature-extraction"]
+    if format != "maskclip":
+        tags.append(format)
+    data = ModelCardData(library_name=LIBRARY, license=license or licence_of(model.config),
+                         pipeline_tag=PIPELINE, tags=tags)
+    body = "\n".join([_title(model, repo, format), _usage(repo, format), _summary(model)])
+    return f"---\n{data.to_yaml()}\n---\n\n{body}"
+
+
+def write_model_card(model, folder, repo_id: Optional[str] = None, format: str = "maskclip",
+                     license: Optional[str] = None) -> Path:
+    """Write ``model_card(...)`` to ``folder/README.md`` (atomically); returns its path."""
+    path = Path(folder) / README
+    atomic_write_text(path, model_card(model, repo_id, format, license))
+    return path
+
+
+def _title(model, repo: str, format: str) -> str:
+    from .hub import registry
+
+    cfg = model.config
+    entry = registry().get(cfg.name or "", {})
+    lines = [f"# {cfg.name or repo.split('/')[-1]}", ""]
+    if entry.get("description"):
+        lines += [entry["description"].rstrip(".") + ".", ""]
+    lines += [f"A CLIP-style dual encoder (an image tower and a text tower sharing one {cfg.embed_dim}-d embedding "
+              f"space), saved by maskclip in the `{format}` layout.", ""]
+    if entry.get("source"):
+        lines += [f"Source: {entry['source']}.", ""]
+    return "\n".join(lines)
+
+
+def _usage(repo: str, format: str) -> str:
+    convert = ("This repo is in the `{layout}` layout, which {library} does not read. Write a copy it reads with "
+               "`maskclip convert hf-hub:{repo} {folder}/ --format {library}`, then:")
+    open_clip = ["```python", "import open_clip", "",
+                 'model, _, preprocess = open_clip.create_model_and_transforms("{source}")',
+                 'tokenizer = open_clip.get_tokenizer("{source}")', "```"]
+    transformers = ["```python", "from transformers import CLIPModel, CLIPProcessor, pipeline", "",
+                    'model = CLIPModel.from_pretrained("{source}")',
+                    'processor = CLIPProcessor.from_pretrained("{source}")',
+                    'classifier = pipeline("zero-shot-image-classification", model="{source}")', "```"]
+    lines = ["## Use", "", "### maskclip", "", "```python", "import maskclip  # pip install maskclip", "",
+             f'model = maskclip.load("hf-hub:{repo}")',
+             'probs = model.classify("cat.jpg", ["a photo of a cat", "a photo of a dog"])  # [1, 2]',
+             'patches = model.dense_features("cat.jpg")  # [1, E, h, w], for zero-shot segmentation', "```", ""]
+    for library, snippet, hub_source in (("open_clip", open_clip, f"hf-hub:{repo}"),
+                                         ("transformers", transformers, repo)):
+        lines += [f"### {library}", ""]
+        if format == library:
+            lines += [line.format(source=hub_source) for line in snippet]
+        else:
+            folder = f"{library}-copy"
+            source = f"local-dir:{folder}" if library == "open_clip" else folder
+            lines += [convert.format(layout=format, library=library, repo=repo, folder=folder), ""]
+            lines += [line.format(source=source) for line in snippet]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _summary(model) -> str:
+    cfg = model.config
+    v, t, p = cfg.vision, cfg.text, cfg.preprocess
+
+    def millions(module) -> str:
+        return f"{sum(x.numel() for x in module.parameters()) / 1e6:.1f} M"
+
+    crop = (f"resize the shorter side to {p.image_size} px ({p.interpolation}), centre crop"
+            if p.resize_mode == "shortest" else f"resize to {p.image_size} x {p.image_size} px ({p.interpolation})")
+    rows = [
+        ("image tower", f"ViT, {v.image_size} px, patch {v.patch_size}, width {v.width}, {v.layers} layers, "
+                        f"{v.heads} heads, {v.act}, {v.pool} pooling; {millions(model.visual)} parameters"),
+        ("text tower", f"causal transformer, context {t.context_length}, vocabulary {t.vocab_size}, width {t.width}, "
+                       f"{t.layers} layers, {t.heads} heads, {t.act}; {millions(model.text)} parameters"),
+        ("embedding", f"{cfg.embed_dim}"),
+        ("preprocessing", f"{crop}; mean {list(p.mean)}, std {list(p.std)}"),
+        ("tokenizer", "OpenAI CLIP's BPE (maskclip.tokenize, open_clip.tokenize)"),
+    ]
+    config = json.dumps(cfg.to_dict(), indent=2)
+    return "\n".join(["## Model", "", "| | |", "| --- | --- |", *(f"| {name} | {text} |" for name, text in rows), "",
+                      "<details><summary>maskclip config</summary>", "",
+                      "```json", config, "```", "", "</details>", ""])
