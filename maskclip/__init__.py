@@ -11,9 +11,9 @@ from .hub import available_models, load, model_info
 from .model import DualEncoder, MaskCLIP
 from .onnx_export import export_onnx
 from .tokenizer import tokenize
+from .version import __version__
 from .zero_shot import imagenet_classnames, template_sets
 
-__version__ = "0.1.0"
 
 __all__ = [
     "DualEncoder", "MaskCLIP", "ModelConfig", "VisionConfig", "TextConfig", "PreprocessConfig", "architecture_config",

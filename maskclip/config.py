@@ -18,6 +18,8 @@ from .errors import ConfigError
 
 FORMAT_VERSION = 1
 CONFIG_TYPE = "maskclip"
+# The layouts save_pretrained writes: the native one, and open_clip's and transformers' (they load it too).
+FORMATS = ("maskclip", "open_clip", "transformers")
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from . import resources
 from .atomic import atomic_write_text
+from .config import FORMATS
 from .errors import InputError, InputTypeError
 
 README = "README.md"
@@ -23,11 +25,14 @@ HUB_LICENCES = ("mit", "apache-2.0", "bsd-2-clause", "bsd-3-clause", "cc-by-4.0"
 PLACEHOLDER_REPO = "ORG/NAME"
 
 
+def _registry_entry(name: Optional[str]) -> dict:
+    # Read from the data file, not through maskclip.hub, which builds models and so sits above this module.
+    return resources.read_json("registry.json").get(name or "", {})
+
+
 def licence_of(config) -> Optional[str]:
     """The Hub licence id of a registered model (``model_info(name)["licence"]``), or ``None`` if unknown."""
-    from .hub import registry
-
-    entry = registry().get(config.name or "", {})
+    entry = _registry_entry(config.name)
     licence = str(entry.get("licence", "")).lower()
     return licence if licence in HUB_LICENCES else None
 
@@ -39,8 +44,6 @@ def model_card(model, repo_id: Optional[str] = None, format: str = "maskclip", l
     Without ``repo_id`` the loading examples name ``ORG/NAME``.
     """
     from huggingface_hub import ModelCardData
-
-    from .serialization import FORMATS
 
     if format not in FORMATS:
         raise InputError(f"format must be one of {list(FORMATS)}; got {format!r}")
@@ -67,10 +70,8 @@ def write_model_card(model, folder, repo_id: Optional[str] = None, format: str =
 
 
 def _title(model, repo: str, format: str) -> str:
-    from .hub import registry
-
     cfg = model.config
-    entry = registry().get(cfg.name or "", {})
+    entry = _registry_entry(cfg.name)
     lines = [f"# {cfg.name or repo.split('/')[-1]}", ""]
     if entry.get("description"):
         lines += [entry["description"].rstrip(".") + ".", ""]

@@ -148,7 +148,7 @@ def _publish(stage: Path, out: Path) -> list:
 
 def onnx_config(model, opset: int, files: list) -> Dict:
     """The JSON beside the graphs: what to feed them, how to preprocess and tokenize, how to score."""
-    from . import __version__
+    from .version import __version__
 
     cfg = model.config
     pp, embed = cfg.preprocess, cfg.embed_dim

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from . import convert
 from .atomic import atomic_write, atomic_write_text
-from .config import CONFIG_TYPE, ModelConfig
+from .config import CONFIG_TYPE, FORMATS, ModelConfig
 from .errors import ConfigError, InputError, ModelNotFoundError, WeightsError
 
 StateDict = Dict[str, torch.Tensor]
@@ -35,7 +35,6 @@ OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, OPEN_CLIP_PICKLE = (
     "open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HF_CONFIG, HF_WEIGHTS, HF_PICKLE = "config.json", "model.safetensors", "pytorch_model.bin"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-FORMATS = ("maskclip", "open_clip", "transformers")
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
