@@ -11,12 +11,22 @@ class token is dropped).
 - ``sclip`` (Wang et al., "SCLIP", ECCV 2024): attention ``softmax(q q^T) + softmax(k k^T)``;
   residual and MLP kept.
 - ``clearclip`` (Lan et al., "ClearCLIP", ECCV 2024): ``q q^T`` attention, no residual, no MLP.
+- ``naclip`` (Hajimiri, Ben Ayed and Dolz, "Pay Attention to Your Neighbours", WACV 2025):
+  ``softmax(k k^T / sqrt(d) + G)`` attention, ``G`` a Gaussian of the patch-grid distance
+  (std ``NACLIP_STD`` patches, peak 1, zero for the class token's row and column), added to the
+  logits before the softmax; no residual, no MLP.
+- ``resclip`` (Yang et al., "ResCLIP", CVPR 2025), its residual cross-correlation self-attention
+  (RCS): the NACLIP attention of the last block blended with the mean ``softmax(q k^T / sqrt(d))``
+  of intermediate blocks (``rcs_layers``), ``tau * ((1 - lam) * A_naclip + lam * A_mean)``, over
+  the last block's values; no residual, no MLP.
 
 ``"maskclip"`` is still accepted for ``zhou`` (``ALIASES``; the results are identical). It was
 renamed because MaskCLIP also names Dong et al.'s training recipe (``maskclip.train``), a
 different paper. Listings and ``--method`` choices show the names in ``METHODS``.
 """
 from __future__ import annotations
+
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +35,13 @@ from .errors import InputError
 from .layers import Block
 from .towers import VisionTower
 
-METHODS = ("vanilla", "zhou", "sclip", "clearclip")
+METHODS = ("vanilla", "zhou", "sclip", "clearclip", "naclip", "resclip")
 ALIASES = {"maskclip": "zhou"}
+
+NACLIP_STD = 5.0  # sinahmr/NACLIP naclip.py (gaussian_std=5.) and ResCLIP's default
+# ResCLIP's (tau, lambda), attn_rcs_weights in yvhangyang/ResCLIP configs/cfg_ade20k.py (also VOC21, Context60;
+# the other benchmarks' configs use lambda 0.2 to 0.6).
+RESCLIP_TAU, RESCLIP_LAMBDA = 2.0, 0.3
 
 
 def canonical_name(method):
@@ -42,12 +57,68 @@ def resolve_method(method) -> str:
     return name
 
 
-def last_block(block: Block, x: torch.Tensor, method: str) -> torch.Tensor:
-    """The last block under ``method``, a name in ``METHODS``: ``[B, 1 + N, width]`` -> ``[B, 1 + N, width]``."""
+def neighbourhood_bias(grid: Tuple[int, int], std: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """NACLIP's attention bias for a ``(gh, gw)`` patch grid: ``[1 + N, 1 + N]``, N = gh * gw.
+
+    Entry ``(i, j)`` for patches ``i``, ``j`` (row-major) is ``exp(-|p_i - p_j|^2 / (2 std^2))``, the
+    grid positions' squared distance in patches; the class token's row and column are zero.
+    """
+    gh, gw = grid
+    rows, cols = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()
+    dist2 = (rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2
+    bias = torch.zeros(gh * gw + 1, gh * gw + 1, dtype=dtype, device=device)
+    bias[1:, 1:] = torch.exp(-dist2.to(dtype) / (2 * std ** 2))
+    return bias
+
+
+def attention_map(q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + bias)``: q, k ``[B, heads, N, d]`` -> ``[B, heads, N, N]``."""
+    logits = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    return torch.softmax(logits if bias is None else logits + bias, dim=-1)
+
+
+def rcs_layers(depth: int) -> range:
+    """The blocks whose attention ResCLIP's RCS averages, for a tower of ``depth`` blocks.
+
+    The reference takes blocks 6 to 9 (1-based) of ViT-B/16's 12, i.e. ``[5, 9)``; other depths
+    keep those fractions (ViT-L/14: ``[10, 18)``), always at least one block before the last.
+    """
+    stop = min(round(depth * 9 / 12), depth - 1)
+    return range(min(round(depth * 5 / 12), stop - 1), stop)
+
+
+def _resclip(visual: VisionTower, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """ResCLIP's RCS through the whole tower: ``[B, 3, H, W]`` -> final tokens ``[B, 1 + N, width]``, grid."""
+    blocks = visual.transformer.resblocks
+    tokens, grid = visual.embed(x)
+    layers, maps = rcs_layers(len(blocks)), []
+    for i, block in enumerate(blocks[:-1]):
+        if i not in layers:
+            tokens = block(tokens)
+            continue
+        q, k, v = block.attn.qkv(block.ln_1(tokens))  # the block itself, with its attention map kept
+        a = attention_map(q, k)
+        maps.append(a)
+        tokens = tokens + block.attn.merge_heads(a @ v)
+        tokens = tokens + block.mlp(block.ln_2(tokens))
+    last = blocks[-1]
+    q, k, v = last.attn.qkv(last.ln_1(tokens))
+    a = attention_map(k, k, neighbourhood_bias(grid, NACLIP_STD, k.dtype, k.device))
+    a = RESCLIP_TAU * ((1 - RESCLIP_LAMBDA) * a + RESCLIP_LAMBDA * torch.stack(maps).mean(0))
+    return last.attn.merge_heads(a @ v), grid
+
+
+def last_block(block: Block, x: torch.Tensor, method: str, grid: Tuple[int, int]) -> torch.Tensor:
+    """The last block under ``method``, a name in ``METHODS`` but ``resclip`` (which needs the
+    earlier blocks' attention): ``[B, 1 + N, width]`` on a ``grid`` of patches -> ``[B, 1 + N, width]``."""
     if method == "vanilla":
         return block(x)
     attn = block.attn
     q, k, v = attn.qkv(block.ln_1(x))
+    if method == "naclip":
+        bias = neighbourhood_bias(grid, NACLIP_STD, k.dtype, k.device)
+        return attn.merge_heads(F.scaled_dot_product_attention(k, k, v, attn_mask=bias))
     if method == "zhou":
         x = x + attn.merge_heads(v)
         return x + block.mlp(block.ln_2(x))
@@ -65,8 +136,11 @@ def dense_features(visual: VisionTower, x: torch.Tensor, method: str = "vanilla"
     ``method`` must be a name in ``METHODS`` (``resolve_method`` turns user input into one):
     inputs are checked by the public ``DualEncoder.dense_features``, not again here.
     """
-    blocks = visual.transformer.resblocks
-    tokens, (gh, gw) = visual.forward_tokens(x, stop=len(blocks) - 1)
-    tokens = last_block(blocks[-1], tokens, method)
+    if method == "resclip":
+        tokens, (gh, gw) = _resclip(visual, x)
+    else:
+        blocks = visual.transformer.resblocks
+        tokens, (gh, gw) = visual.forward_tokens(x, stop=len(blocks) - 1)
+        tokens = last_block(blocks[-1], tokens, method, (gh, gw))
     feats = visual.project_patches(tokens[:, 1:])  # [B, N, E]
     return feats.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dense, segmentation, serialization, transforms, zero_shot
+from . import dense, refine as refinement, segmentation, serialization, transforms, zero_shot
 from .config import ModelConfig
 from .errors import InputError, InputTypeError
 from .tokenizer import get_tokenizer
@@ -176,8 +176,8 @@ class DualEncoder(nn.Module):
                        image_size: Optional[int] = None) -> torch.Tensor:
         """Images -> patch features in the joint image-text space ``[B, E, h, w]``.
 
-        ``method``: ``vanilla`` | ``zhou`` | ``sclip`` | ``clearclip`` (see ``maskclip.dense``;
-        ``maskclip`` is accepted for ``zhou``). ``image_size`` overrides the preprocessing size for
+        ``method``: ``vanilla`` | ``zhou`` | ``sclip`` | ``clearclip`` | ``naclip`` | ``resclip``
+        (see ``maskclip.dense``; ``maskclip`` is accepted for ``zhou``). ``image_size`` overrides the preprocessing size for
         PIL/path/uint8 inputs (e.g. 448 gives a 28 x 28 grid at patch 16); float tensors are used
         at their own size.
         """
@@ -231,35 +231,44 @@ class DualEncoder(nn.Module):
     @torch.no_grad()
     def segment(self, image, labels: Sequence[str], templates=None, method: str = "clearclip",
                 size: Optional[int] = None, window: Optional[int] = None, stride: Optional[int] = None,
-                return_scores: bool = False):
+                return_scores: bool = False, refine: Optional[str] = None):
         """One image and labels -> ``LongTensor[H, W]``, the label index of every input pixel.
 
         The shorter side is resized to ``size`` (default: the model's image size); with
         ``window`` the features are computed in sliding windows (``stride`` default window/2).
-        ``method`` as in ``dense_features``. ``return_scores=True`` also returns the cosine
-        scores ``[C, H, W]``.
+        ``method`` as in ``dense_features``. ``refine="pamr"`` post-processes the scores with the
+        image (``maskclip.refine.pamr``: 10 iterations, dilations 8 and 16). ``return_scores=True``
+        also returns the (refined) cosine scores ``[C, H, W]``.
         """
         labels = zero_shot.check_labels(labels)
         x, out_size = transforms.segmentation_input(image, self.config.preprocess, size=size)
         templates = zero_shot.resolve_templates(templates)
         method = dense.resolve_method(method)
         window, stride = segmentation.check_window(window, stride, self.config.vision.patch_size)
+        refine = refinement.check_refine(refine)
         classifier = zero_shot.build_classifier(self._prompt_embeddings, labels, templates)
-        scores = self._segmentation_scores(x, out_size, classifier, method, window, stride)
+        scores = self._segmentation_scores(x, out_size, classifier, method, window, stride, refine)
         label_map = scores.argmax(dim=0)
         return (label_map, scores) if return_scores else label_map
 
     def _segmentation_scores(self, x: torch.Tensor, out_size: Tuple[int, int], classifier: torch.Tensor,
-                             method: str, window: Optional[int], stride: Optional[int]) -> torch.Tensor:
+                             method: str, window: Optional[int], stride: Optional[int],
+                             refine: Optional[str] = None) -> torch.Tensor:
         """Checked ``segment`` inputs -> scores ``[C, H, W]`` (also run by ``maskclip.eval``'s segmentation).
 
         ``x``: ``segmentation_input``'s ``[1, 3, h, w]``; ``method``: a name in ``dense.METHODS``;
-        ``window`` / ``stride``: from ``segmentation.check_window``.
+        ``window`` / ``stride``: from ``segmentation.check_window``; ``refine``: from
+        ``refine.check_refine``. PAMR sees the preprocessed image resized to ``out_size``, as NACLIP
+        feeds it the normalised input.
         """
         p = self.config.vision.patch_size
         self._check_patch_count(*segmentation.feature_input_size(x.shape[-2:], p, window))
         features = partial(self._dense_features, method=method)
-        return segmentation.scores(features, x.to(self.device, self.dtype), out_size, classifier, p, window, stride)
+        scores = segmentation.scores(features, x.to(self.device, self.dtype), out_size, classifier, p, window, stride)
+        if refine == "pamr":
+            image = F.interpolate(x.float(), size=tuple(out_size), mode="bilinear", align_corners=False)
+            scores = refinement.pamr(image, scores[None])[0]
+        return scores
 
     # --- saving ------------------------------------------------------------------------------
 
