@@ -124,6 +124,67 @@ def ref_resclip(visual, img, rcs_indices, attn_rcs_weights=(2.0, 0.3)):
     return _ref_patch_map(visual, x, n_patches)
 
 
+# --- mc-lan/ProxyCLIP proxyclip_segmentor.py (forward_feature, 'dino') and open_clip/transformer.py
+# (VisionTransformer.forward with ex_feats, custom_attn)
+
+
+def ref_proxy_feats(vfm, img, clip_mean, clip_std, vfm_mean, vfm_std):
+    """UnNormalize with CLIP's statistics, Normalize with the proxy's, last layer's normalised patch tokens."""
+    imgs_norm = []
+    for i in range(len(img)):
+        t = img[i].clone()
+        for c, (m, s) in enumerate(zip(clip_mean, clip_std)):
+            t[c] = t[c] * s + m
+        imgs_norm.append((t - torch.tensor(vfm_mean).view(3, 1, 1)) / torch.tensor(vfm_std).view(3, 1, 1))
+    imgs_norm = torch.stack(imgs_norm, dim=0)
+    feat = vfm.get_intermediate_layers(imgs_norm, n=1, norm=True)[0]  # DINO's interface: [B, I * J, C]
+    patch_size = vfm.patch_embed.patch_size[0]
+    # The reference takes I and J both from shape[-2] (its crops are square); -1 here for non-square tests.
+    I, J = imgs_norm.shape[-2] // patch_size, imgs_norm.shape[-1] // patch_size
+    return feat.reshape(len(img), I, J, -1).permute(0, 3, 1, 2)
+
+
+def ref_proxyclip(visual, img, ex_feats, beta=1.2, gamma=3.0):
+    tokens, token_size = visual.embed(img)
+    x = tokens.permute(1, 0, 2)
+    for blk in visual.transformer.resblocks[:-1]:
+        x = x + ref_custom_attn(blk.attn, blk.ln_1(x), token_size, "vanilla")
+        x = x + blk.mlp(blk.ln_2(x))
+    attn_layer = visual.transformer.resblocks[-1].attn
+    x = visual.transformer.resblocks[-1].ln_1(x)
+    num_heads = attn_layer.heads
+    _, bsz, embed_dim = x.size()
+    head_dim = embed_dim // num_heads
+    q, k, v = F.linear(x, attn_layer.in_proj_weight, attn_layer.in_proj_bias).chunk(3, dim=-1)
+    v = v.contiguous().view(-1, bsz * num_heads, head_dim).transpose(0, 1)
+    B, C, H, W = ex_feats.shape
+    q_k = F.normalize(ex_feats.flatten(2, 3), dim=1)
+    similarity = torch.einsum("b c m, b c n -> b m n", q_k, q_k)
+    similarity = (similarity - torch.mean(similarity) * beta) * gamma
+    similarity[similarity < 0.0] = float("-inf")
+    mask = similarity.to(q.dtype).unsqueeze(1).repeat(1, num_heads, 1, 1)
+    mask = mask.reshape(bsz * num_heads, mask.shape[2], mask.shape[3])
+    attn_weights = F.softmax(mask, dim=-1)
+    v = v[:, 1:, :].reshape(bsz * num_heads, token_size[0], token_size[1], head_dim).permute(0, 3, 1, 2)
+    v = F.interpolate(v, size=(H, W), mode="bilinear", align_corners=False)
+    v = v.permute(0, 2, 3, 1).reshape(bsz * num_heads, H * W, head_dim)
+    attn_output = torch.bmm(attn_weights, v)
+    attn_output = attn_output.transpose(0, 1).contiguous().view(-1, bsz, embed_dim)
+    x = attn_layer.out_proj(attn_output).permute(1, 0, 2)
+    feats = visual.ln_post(x) @ visual.proj
+    return feats.permute(0, 2, 1).reshape(bsz, -1, H, W)
+
+
+@pytest.fixture(scope="module")
+def dino():
+    """A small DINO ViT/8 from timm with random weights (no download)."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_small_patch8_224.dino", pretrained=False, num_classes=0,
+                             dynamic_img_size=True).eval()
+
+
 # --- sinahmr/NACLIP pamr.py (from visinf/1-stage-wseg): LocalAffinity kernels and PAMR.forward
 
 
@@ -203,6 +264,33 @@ def test_every_method_gives_the_grid_of_non_square_inputs(method, size, grid):
     model = tiny_model()
     with torch.no_grad():
         assert model.dense_features(torch.randn(1, 3, *size), method=method).shape == (1, 32, *grid)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 80)])
+def test_proxyclip_matches_reference(dino, size):
+    model = tiny_model(seed=3)
+    x = torch.randn(1, 3, *size)
+    pp, cfg = model.config.preprocess, dino.pretrained_cfg
+    with torch.no_grad():
+        ex_feats = ref_proxy_feats(dino, x, pp.mean, pp.std, cfg["mean"], cfg["std"])
+        expected = ref_proxyclip(model.visual, x, ex_feats)
+        actual = model.dense_features(x, method="proxyclip", proxy=dino)
+    assert actual.shape == (1, 32, size[0] // 8, size[1] // 8)  # the proxy's grid, twice CLIP's
+    assert_close(actual, expected)
+
+
+def test_proxyclip_segments_with_a_given_proxy_and_refuses_a_proxy_elsewhere(model, rgb_image, dino):
+    proxy = maskclip.proxy.Proxy(dino)
+    labels = ["a cat", "a dog"]
+    assert model.segment(rgb_image, labels, method="proxyclip", proxy=proxy, refine="pamr").shape == (48, 80)
+    with pytest.raises(InputError, match="only with method='proxyclip'"):
+        model.segment(rgb_image, labels, method="naclip", proxy=proxy)
+    with pytest.raises(maskclip.errors.InputTypeError, match="timm ViT"):
+        model.dense_features(torch.randn(1, 3, 64, 64), method="proxyclip", proxy=torch.nn.Linear(2, 2))
+
+
+def test_proxyclip_is_accepted_but_not_listed_with_the_single_model_methods():
+    assert dense.resolve_method("proxyclip") == "proxyclip" and "proxyclip" not in dense.METHODS
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 40, 56), (2, 3, 33, 20)])

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..dense import METHODS, resolve_method
+from ..dense import METHODS, ORIGINAL_METHODS, resolve_method
 from ..errors import InputError
 from ..segmentation import check_window
 from ..transforms import segmentation_input
@@ -36,7 +36,8 @@ from .progress import progress as progress_bar
 IGNORE_INDEX = 255
 
 
-def zero_shot_segmentation(model, dataset, methods: Sequence[str] = METHODS, classnames: Optional[Sequence[str]] = None,
+def zero_shot_segmentation(model, dataset, methods: Sequence[str] = ORIGINAL_METHODS,
+                           classnames: Optional[Sequence[str]] = None,
                            templates=None, image_size: Optional[int] = None, window: Optional[int] = None,
                            stride: Optional[int] = None, progress: bool = True) -> dict:
     """Evaluate every dense ``method`` on ``dataset`` (an ``EvalSet`` or data spec with masks) -> results dict.
