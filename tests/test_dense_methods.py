@@ -321,3 +321,19 @@ def test_segment_with_pamr_refines_the_scores(model, rgb_image):
 def test_segment_refuses_an_unknown_refinement(model, rgb_image):
     with pytest.raises(InputError, match="refine must be one of"):
         model.segment(rgb_image, ["a", "b"], refine="crf")
+
+
+def test_segmentation_eval_runs_the_new_methods_and_pamr_as_segment_does(model):
+    from maskclip.eval import open_dataset, zero_shot_segmentation
+
+    data = "synthetic:test,n=2"
+    r = zero_shot_segmentation(model, data, methods=["naclip", "resclip"], refine="pamr", progress=False)
+    assert r["protocol"]["refine"] == "pamr"
+    ds = open_dataset(data, default_size=64)
+    for method, res in r["methods"].items():
+        correct = sum(int((model.segment(ds[i].image, ds.segmentation_classes, templates=ds.templates,
+                                          method=method, refine="pamr") == torch.from_numpy(ds[i].mask).long()).sum())
+                      for i in range(2))
+        assert res["all_classes"]["pixel_accuracy"] == pytest.approx(correct / (2 * 64 * 64))
+    with pytest.raises(InputError, match="refine must be one of"):
+        zero_shot_segmentation(model, data, methods=["naclip"], refine="dense-crf", progress=False)
