@@ -1,8 +1,8 @@
 """Training-free dense (per-patch) features in the joint image-text space.
 
 Every method runs the image tower unchanged up to its last block, then replaces only the
-last block, and finally applies ``ln_post`` and the projection to every patch token (the
-class token is dropped).
+last block (ResCLIP also keeps the attention maps of some earlier blocks), and finally applies
+``ln_post`` and the projection to every patch token (the class token is dropped).
 
 - ``vanilla``: the last block as is (the same per-token computation as the pooled path).
 - ``zhou`` (Zhou, Loy and Dai, "Extract Free Dense Labels from CLIP", ECCV 2022, which calls it
@@ -66,7 +66,7 @@ def canonical_name(method):
 
 
 def resolve_method(method) -> str:
-    """A dense method name or alias -> its name in ``METHODS`` or ``PROXY_METHODS``; ``InputError`` for anything else."""
+    """A dense method name or alias -> its name in ``METHODS`` or ``PROXY_METHODS``; else ``InputError``."""
     name = canonical_name(method)
     if name not in METHODS and name not in PROXY_METHODS:
         raise InputError(f"dense method must be one of {list(METHODS + PROXY_METHODS)}; got {method!r}")
@@ -152,7 +152,8 @@ def _proxyclip(block: Block, x: torch.Tensor, grid: Tuple[int, int], feats: torc
 
 def last_block(block: Block, x: torch.Tensor, method: str, grid: Tuple[int, int]) -> torch.Tensor:
     """The last block under ``method``, a name in ``METHODS`` but ``resclip`` (which needs the
-    earlier blocks' attention) and ``proxyclip`` (which needs the proxy): ``[B, 1 + N, width]`` on a ``grid`` of patches -> ``[B, 1 + N, width]``."""
+    earlier blocks' attention) and ``proxyclip`` (which needs the proxy): ``[B, 1 + N, width]`` on a
+    ``grid`` of patches -> ``[B, 1 + N, width]``."""
     if method == "vanilla":
         return block(x)
     attn = block.attn

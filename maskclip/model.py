@@ -208,7 +208,10 @@ class DualEncoder(nn.Module):
         return F.normalize(self._text_features(self.tokenize(prompts).to(self.device)), dim=-1)
 
     def _check_proxy(self, method: str, proxy) -> Optional[Proxy]:
-        """``proxy`` as given -> a ``Proxy`` on the model's device for ``proxyclip``, ``None`` otherwise."""
+        """``proxy`` as given -> a ``Proxy`` for ``proxyclip``, ``None`` otherwise.
+
+        The proxy is moved (in place, as ``nn.Module.to`` does) to the model's device and dtype.
+        """
         if method != "proxyclip":
             if proxy is not None:
                 raise InputError(f"proxy is used only with method='proxyclip'; got a proxy with method={method!r}")
@@ -220,7 +223,7 @@ class DualEncoder(nn.Module):
             proxy = self._proxies[name]
         elif not isinstance(proxy, Proxy):
             proxy = Proxy(proxy)
-        return proxy.to(self.device)
+        return proxy.to(self.device, self.dtype)
 
     def _dense_features(self, x: torch.Tensor, method: str, proxy: Optional[Proxy] = None) -> torch.Tensor:
         """Model input ``[B, 3, H, W]`` and a name in ``dense.METHODS`` -> patch features ``[B, E, h, w]``.
@@ -287,10 +290,10 @@ class DualEncoder(nn.Module):
                              refine: Optional[str] = None, proxy: Optional[Proxy] = None) -> torch.Tensor:
         """Checked ``segment`` inputs -> scores ``[C, H, W]`` (also run by ``maskclip.eval``'s segmentation).
 
-        ``x``: ``segmentation_input``'s ``[1, 3, h, w]``; ``method``: a name in ``dense.METHODS``;
-        ``window`` / ``stride``: from ``segmentation.check_window``; ``refine``: from
-        ``refine.check_refine``; ``proxy``: from ``_check_proxy``. PAMR sees the preprocessed image resized to ``out_size``, as NACLIP
-        feeds it the normalised input.
+        ``x``: ``segmentation_input``'s ``[1, 3, h, w]``; ``method``: a name in ``dense.METHODS`` or
+        ``dense.PROXY_METHODS``; ``window`` / ``stride``: from ``segmentation.check_window``; ``refine``: from
+        ``refine.check_refine``; ``proxy``: from ``_check_proxy``. PAMR sees the preprocessed image
+        resized to ``out_size``, as NACLIP feeds it the normalised input.
         """
         p = self.config.vision.patch_size
         self._check_patch_count(*segmentation.feature_input_size(x.shape[-2:], p, window))
