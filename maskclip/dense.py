@@ -108,20 +108,20 @@ def _resclip(visual: VisionTower, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[
     """ResCLIP's RCS through the whole tower: ``[B, 3, H, W]`` -> final tokens ``[B, 1 + N, width]``, grid."""
     blocks = visual.transformer.resblocks
     tokens, grid = visual.embed(x)
-    layers, maps = rcs_layers(len(blocks)), []
+    layers, total = rcs_layers(len(blocks)), 0
     for i, block in enumerate(blocks[:-1]):
         if i not in layers:
             tokens = block(tokens)
             continue
         q, k, v = block.attn.qkv(block.ln_1(tokens))  # the block itself, with its attention map kept
         a = attention_map(q, k)
-        maps.append(a)
+        total = total + a  # a running sum: one N^2 map kept, not one per block
         tokens = tokens + block.attn.merge_heads(a @ v)
         tokens = tokens + block.mlp(block.ln_2(tokens))
     last = blocks[-1]
-    q, k, v = last.attn.qkv(last.ln_1(tokens))
+    _, k, v = last.attn.qkv(last.ln_1(tokens))
     a = attention_map(k, k, neighbourhood_bias(grid, NACLIP_STD, k.dtype, k.device))
-    a = RESCLIP_TAU * ((1 - RESCLIP_LAMBDA) * a + RESCLIP_LAMBDA * torch.stack(maps).mean(0))
+    a = RESCLIP_TAU * ((1 - RESCLIP_LAMBDA) * a + RESCLIP_LAMBDA * total / len(layers))
     return last.attn.merge_heads(a @ v), grid
 
 
