@@ -1,8 +1,8 @@
 """Training-free dense (per-patch) features in the joint image-text space.
 
 Every method runs the image tower unchanged up to its last block, then replaces only the
-last block, and finally applies ``ln_post`` and the projection to every patch token (the
-class token is dropped).
+last block (ResCLIP also keeps the attention maps of some earlier blocks), and finally applies
+``ln_post`` and the projection to every patch token (the class token is dropped).
 
 - ``vanilla``: the last block as is (the same per-token computation as the pooled path).
 - ``zhou`` (Zhou, Loy and Dai, "Extract Free Dense Labels from CLIP", ECCV 2022, which calls it
@@ -11,12 +11,27 @@ class token is dropped).
 - ``sclip`` (Wang et al., "SCLIP", ECCV 2024): attention ``softmax(q q^T) + softmax(k k^T)``;
   residual and MLP kept.
 - ``clearclip`` (Lan et al., "ClearCLIP", ECCV 2024): ``q q^T`` attention, no residual, no MLP.
+- ``naclip`` (Hajimiri, Ben Ayed and Dolz, "Pay Attention to Your Neighbours", WACV 2025):
+  ``softmax(k k^T / sqrt(d) + G)`` attention, ``G`` a Gaussian of the patch-grid distance
+  (std ``NACLIP_STD`` patches, peak 1, zero for the class token's row and column), added to the
+  logits before the softmax; no residual, no MLP.
+- ``resclip`` (Yang et al., "ResCLIP", CVPR 2025), its residual cross-correlation self-attention
+  (RCS): the NACLIP attention of the last block blended with the mean ``softmax(q k^T / sqrt(d))``
+  of intermediate blocks (``rcs_layers``), ``tau * ((1 - lam) * A_naclip + lam * A_mean)``, over
+  the last block's values; no residual, no MLP.
+- ``proxyclip`` (Lan et al., "ProxyCLIP", ECCV 2024): the last block's attention is a proxy
+  model's patch affinity (``proxy_attention``: cosine similarities of its normalised patch tokens,
+  ``(s - beta * mean(s)) * gamma``, negatives masked out, softmax) over CLIP's values resized to the
+  proxy's grid; no class token, no residual, no MLP. The features come out on the proxy's grid
+  (DINO ViT-B/8 on a patch-16 CLIP: twice as fine). See ``maskclip.proxy``.
 
 ``"maskclip"`` is still accepted for ``zhou`` (``ALIASES``; the results are identical). It was
 renamed because MaskCLIP also names Dong et al.'s training recipe (``maskclip.train``), a
 different paper. Listings and ``--method`` choices show the names in ``METHODS``.
 """
 from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +40,24 @@ from .errors import InputError
 from .layers import Block
 from .towers import VisionTower
 
-METHODS = ("vanilla", "zhou", "sclip", "clearclip")
+METHODS = ("vanilla", "zhou", "sclip", "clearclip", "naclip", "resclip")
+# Methods that need a second model (``proxy=``): accepted by ``resolve_method`` but not in ``METHODS``,
+# which lists what runs on the CLIP model alone, at its patch grid (what the CLI and the
+# synthetic benchmark offer).
+PROXY_METHODS = ("proxyclip",)
 ALIASES = {"maskclip": "zhou"}
+# The methods before naclip / resclip: ``maskclip.eval.zero_shot_segmentation``'s default, so scripts
+# and result files made before keep their keys and their running time.
+ORIGINAL_METHODS = METHODS[:4]
+
+NACLIP_STD = 5.0  # sinahmr/NACLIP naclip.py (gaussian_std=5.) and ResCLIP's default
+# ResCLIP's (tau, lambda), attn_rcs_weights in yvhangyang/ResCLIP configs/cfg_ade20k.py (also VOC21, Context60;
+# the other benchmarks' configs use lambda 0.2 to 0.6).
+RESCLIP_TAU, RESCLIP_LAMBDA = 2.0, 0.3
+PROXYCLIP_BETA, PROXYCLIP_GAMMA = 1.2, 3.0  # mc-lan/ProxyCLIP proxyclip_segmentor.py defaults
+
+# Preprocessed images [B, 3, H, W] -> the proxy's patch tokens [B, C, h, w] (``proxy.Proxy.features``).
+ProxyFeatures = Callable[[torch.Tensor], torch.Tensor]
 
 
 def canonical_name(method):
@@ -35,19 +66,101 @@ def canonical_name(method):
 
 
 def resolve_method(method) -> str:
-    """A dense method name or alias -> its name in ``METHODS``; ``InputError`` for anything else."""
+    """A dense method name or alias -> its name in ``METHODS`` or ``PROXY_METHODS``; else ``InputError``."""
     name = canonical_name(method)
-    if name not in METHODS:
-        raise InputError(f"dense method must be one of {list(METHODS)}; got {method!r}")
+    if name not in METHODS and name not in PROXY_METHODS:
+        raise InputError(f"dense method must be one of {list(METHODS + PROXY_METHODS)}; got {method!r}")
     return name
 
 
-def last_block(block: Block, x: torch.Tensor, method: str) -> torch.Tensor:
-    """The last block under ``method``, a name in ``METHODS``: ``[B, 1 + N, width]`` -> ``[B, 1 + N, width]``."""
+def neighbourhood_bias(grid: Tuple[int, int], std: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """NACLIP's attention bias for a ``(gh, gw)`` patch grid: ``[1 + N, 1 + N]``, N = gh * gw.
+
+    Entry ``(i, j)`` for patches ``i``, ``j`` (row-major) is ``exp(-|p_i - p_j|^2 / (2 std^2))``, the
+    grid positions' squared distance in patches; the class token's row and column are zero.
+    """
+    gh, gw = grid
+    rows, cols = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()
+    dist2 = (rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2
+    bias = torch.zeros(gh * gw + 1, gh * gw + 1, dtype=dtype, device=device)
+    bias[1:, 1:] = torch.exp(-dist2.to(dtype) / (2 * std ** 2))
+    return bias
+
+
+def attention_map(q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + bias)``: q, k ``[B, heads, N, d]`` -> ``[B, heads, N, N]``."""
+    logits = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    return torch.softmax(logits if bias is None else logits + bias, dim=-1)
+
+
+def rcs_layers(depth: int) -> range:
+    """The blocks whose attention ResCLIP's RCS averages, for a tower of ``depth`` blocks.
+
+    The reference takes blocks 6 to 9 (1-based) of ViT-B/16's 12, i.e. ``[5, 9)``; other depths
+    keep those fractions (ViT-L/14: ``[10, 18)``), always at least one block before the last.
+    """
+    stop = min(round(depth * 9 / 12), depth - 1)
+    return range(min(round(depth * 5 / 12), stop - 1), stop)
+
+
+def _resclip(visual: VisionTower, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """ResCLIP's RCS through the whole tower: ``[B, 3, H, W]`` -> final tokens ``[B, 1 + N, width]``, grid."""
+    blocks = visual.transformer.resblocks
+    tokens, grid = visual.embed(x)
+    layers, total = rcs_layers(len(blocks)), 0
+    for i, block in enumerate(blocks[:-1]):
+        if i not in layers:
+            tokens = block(tokens)
+            continue
+        q, k, v = block.attn.qkv(block.ln_1(tokens))  # the block itself, with its attention map kept
+        a = attention_map(q, k)
+        total = total + a  # a running sum: one N^2 map kept, not one per block
+        tokens = tokens + block.attn.merge_heads(a @ v)
+        tokens = tokens + block.mlp(block.ln_2(tokens))
+    last = blocks[-1]
+    _, k, v = last.attn.qkv(last.ln_1(tokens))
+    a = attention_map(k, k, neighbourhood_bias(grid, NACLIP_STD, k.dtype, k.device))
+    a = RESCLIP_TAU * ((1 - RESCLIP_LAMBDA) * a + RESCLIP_LAMBDA * total / len(layers))
+    return last.attn.merge_heads(a @ v), grid
+
+
+def proxy_attention(feats: torch.Tensor, beta: float = PROXYCLIP_BETA, gamma: float = PROXYCLIP_GAMMA) -> torch.Tensor:
+    """ProxyCLIP's attention from proxy patch tokens ``[B, C, h, w]`` -> ``[B, 1, h * w, h * w]`` (shared by the heads).
+
+    The mean is over each image's similarities (the reference's over the batch, which it runs one
+    image at a time).
+    """
+    f = F.normalize(feats.flatten(2), dim=1)  # [B, C, M]
+    sim = f.transpose(1, 2) @ f
+    sim = (sim - sim.mean(dim=(1, 2), keepdim=True) * beta) * gamma
+    return torch.softmax(sim.masked_fill(sim < 0, float("-inf")), dim=-1)[:, None]
+
+
+def _proxyclip(block: Block, x: torch.Tensor, grid: Tuple[int, int], feats: torch.Tensor) -> torch.Tensor:
+    """The last block under ProxyCLIP: tokens ``[B, 1 + N, width]`` on ``grid`` and proxy tokens
+    ``[B, C, h, w]`` -> patch tokens ``[B, h * w, width]`` on the proxy's grid."""
+    attn = block.attn
+    _, _, v = attn.qkv(block.ln_1(x))
+    B, H, _, d = v.shape
+    h, w = feats.shape[-2:]
+    v = v[:, :, 1:].transpose(-1, -2).reshape(B * H, d, *grid)
+    v = F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False)
+    v = v.reshape(B, H, d, h * w).transpose(-1, -2)
+    return attn.merge_heads(proxy_attention(feats).to(v.dtype) @ v)
+
+
+def last_block(block: Block, x: torch.Tensor, method: str, grid: Tuple[int, int]) -> torch.Tensor:
+    """The last block under ``method``, a name in ``METHODS`` but ``resclip`` (which needs the
+    earlier blocks' attention) and ``proxyclip`` (which needs the proxy): ``[B, 1 + N, width]`` on a
+    ``grid`` of patches -> ``[B, 1 + N, width]``."""
     if method == "vanilla":
         return block(x)
     attn = block.attn
     q, k, v = attn.qkv(block.ln_1(x))
+    if method == "naclip":
+        bias = neighbourhood_bias(grid, NACLIP_STD, k.dtype, k.device)
+        return attn.merge_heads(F.scaled_dot_product_attention(k, k, v, attn_mask=bias))
     if method == "zhou":
         x = x + attn.merge_heads(v)
         return x + block.mlp(block.ln_2(x))
@@ -59,14 +172,24 @@ def last_block(block: Block, x: torch.Tensor, method: str) -> torch.Tensor:
     return attn.merge_heads(F.scaled_dot_product_attention(q, q, v))  # clearclip
 
 
-def dense_features(visual: VisionTower, x: torch.Tensor, method: str = "vanilla") -> torch.Tensor:
+def dense_features(visual: VisionTower, x: torch.Tensor, method: str = "vanilla",
+                   proxy: Optional[ProxyFeatures] = None) -> torch.Tensor:
     """Preprocessed images ``[B, 3, H, W]`` -> patch features ``[B, E, H / p, W / p]``.
 
     ``method`` must be a name in ``METHODS`` (``resolve_method`` turns user input into one):
     inputs are checked by the public ``DualEncoder.dense_features``, not again here.
+    ``proxyclip`` needs ``proxy`` and returns features on the proxy's grid ``[B, E, h, w]``.
     """
     blocks = visual.transformer.resblocks
-    tokens, (gh, gw) = visual.forward_tokens(x, stop=len(blocks) - 1)
-    tokens = last_block(blocks[-1], tokens, method)
-    feats = visual.project_patches(tokens[:, 1:])  # [B, N, E]
+    if method == "resclip":
+        tokens, (gh, gw) = _resclip(visual, x)
+        tokens = tokens[:, 1:]
+    elif method == "proxyclip":
+        tokens, grid = visual.forward_tokens(x, stop=len(blocks) - 1)
+        proxy_feats = proxy(x)
+        tokens, (gh, gw) = _proxyclip(blocks[-1], tokens, grid, proxy_feats), proxy_feats.shape[-2:]
+    else:
+        tokens, (gh, gw) = visual.forward_tokens(x, stop=len(blocks) - 1)
+        tokens = last_block(blocks[-1], tokens, method, (gh, gw))[:, 1:]
+    feats = visual.project_patches(tokens)  # [B, N, E]
     return feats.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)

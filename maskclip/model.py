@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dense, segmentation, serialization, transforms, zero_shot
+from . import dense, refine as refinement, segmentation, serialization, transforms, zero_shot
+from .proxy import DEFAULT_PROXY, Proxy
 from .config import ModelConfig
 from .errors import InputError, InputTypeError
 from .tokenizer import get_tokenizer
@@ -47,6 +48,7 @@ class DualEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
         self.preprocess = transforms.Preprocess(config.preprocess)
         self._autocast: Optional[torch.dtype] = None
+        self._proxies = {}  # ProxyCLIP proxies built by name; a plain dict, so not in the state dict
 
     # --- properties --------------------------------------------------------------------------
 
@@ -173,16 +175,20 @@ class DualEncoder(nn.Module):
         return self.encode_image(images, normalize=True), self.encode_text(texts, normalize=True), self.logit_scale.exp()
 
     def dense_features(self, images, normalize: bool = False, method: str = "vanilla",
-                       image_size: Optional[int] = None) -> torch.Tensor:
+                       image_size: Optional[int] = None, proxy=None) -> torch.Tensor:
         """Images -> patch features in the joint image-text space ``[B, E, h, w]``.
 
-        ``method``: ``vanilla`` | ``zhou`` | ``sclip`` | ``clearclip`` (see ``maskclip.dense``;
-        ``maskclip`` is accepted for ``zhou``). ``image_size`` overrides the preprocessing size for
-        PIL/path/uint8 inputs (e.g. 448 gives a 28 x 28 grid at patch 16); float tensors are used
-        at their own size.
+        ``method``: ``vanilla`` | ``zhou`` | ``sclip`` | ``clearclip`` | ``naclip`` | ``resclip``
+        | ``proxyclip`` (see ``maskclip.dense``; ``maskclip`` is accepted for ``zhou``).
+        ``image_size`` overrides the preprocessing size for PIL/path/uint8 inputs (e.g. 448 gives a
+        28 x 28 grid at patch 16); float tensors are used at their own size. ``proxy`` (``proxyclip``
+        only): a name in ``maskclip.proxy.PROXIES`` or a timm model name (weights downloaded by timm
+        on first use, then kept by this model), a ``maskclip.proxy.Proxy`` or a timm ViT; default
+        ``dino_vitb8``. ``proxyclip``'s features are on the proxy's patch grid.
         """
         method = dense.resolve_method(method)
-        feats = self._dense_features(self.image_batch(images, size=image_size), method)
+        proxy = self._check_proxy(method, proxy)
+        feats = self._dense_features(self.image_batch(images, size=image_size), method, proxy)
         return F.normalize(feats, dim=1) if normalize else feats
 
     # Below the public methods: checked model inputs on the model's device, no further checks.
@@ -201,10 +207,37 @@ class DualEncoder(nn.Module):
         """Prompts built from checked labels and templates -> unit-norm embeddings ``[N, E]``."""
         return F.normalize(self._text_features(self.tokenize(prompts).to(self.device)), dim=-1)
 
-    def _dense_features(self, x: torch.Tensor, method: str) -> torch.Tensor:
-        """Model input ``[B, 3, H, W]`` and a name in ``dense.METHODS`` -> patch features ``[B, E, h, w]``."""
+    def _check_proxy(self, method: str, proxy) -> Optional[Proxy]:
+        """``proxy`` as given -> a ``Proxy`` for ``proxyclip``, ``None`` otherwise.
+
+        The proxy is moved (in place, as ``nn.Module.to`` does) to the model's device and dtype.
+        """
+        if method != "proxyclip":
+            if proxy is not None:
+                raise InputError(f"proxy is used only with method='proxyclip'; got a proxy with method={method!r}")
+            return None
+        if proxy is None or isinstance(proxy, str):
+            name = DEFAULT_PROXY if proxy is None else proxy
+            if name not in self._proxies:
+                self._proxies[name] = Proxy.from_timm(name)
+            proxy = self._proxies[name]
+        elif not isinstance(proxy, Proxy):
+            proxy = Proxy(proxy)
+        return proxy.to(self.device, self.dtype)
+
+    def _dense_features(self, x: torch.Tensor, method: str, proxy: Optional[Proxy] = None) -> torch.Tensor:
+        """Model input ``[B, 3, H, W]`` and a name in ``dense.METHODS`` -> patch features ``[B, E, h, w]``.
+
+        ``proxy``: from ``_check_proxy``; ``proxyclip`` without one uses the default proxy.
+        """
+        if method == "proxyclip" and proxy is None:
+            proxy = self._check_proxy(method, None)
+        features = None
+        if proxy is not None:
+            pp = self.config.preprocess
+            features = partial(proxy.features, clip_mean=pp.mean, clip_std=pp.std)
         with self._compute():
-            return dense.dense_features(self.visual, x, method).to(self.dtype)
+            return dense.dense_features(self.visual, x, method, features).to(self.dtype)
 
     # --- zero-shot ---------------------------------------------------------------------------
 
@@ -231,35 +264,45 @@ class DualEncoder(nn.Module):
     @torch.no_grad()
     def segment(self, image, labels: Sequence[str], templates=None, method: str = "clearclip",
                 size: Optional[int] = None, window: Optional[int] = None, stride: Optional[int] = None,
-                return_scores: bool = False):
+                return_scores: bool = False, refine: Optional[str] = None, proxy=None):
         """One image and labels -> ``LongTensor[H, W]``, the label index of every input pixel.
 
         The shorter side is resized to ``size`` (default: the model's image size); with
         ``window`` the features are computed in sliding windows (``stride`` default window/2).
-        ``method`` as in ``dense_features``. ``return_scores=True`` also returns the cosine
-        scores ``[C, H, W]``.
+        ``method`` and ``proxy`` as in ``dense_features``. ``refine="pamr"`` post-processes the scores with the
+        image (``maskclip.refine.pamr``: 10 iterations, dilations 8 and 16). ``return_scores=True``
+        also returns the (refined) cosine scores ``[C, H, W]``.
         """
         labels = zero_shot.check_labels(labels)
         x, out_size = transforms.segmentation_input(image, self.config.preprocess, size=size)
         templates = zero_shot.resolve_templates(templates)
         method = dense.resolve_method(method)
         window, stride = segmentation.check_window(window, stride, self.config.vision.patch_size)
+        refine = refinement.check_refine(refine)
+        proxy = self._check_proxy(method, proxy)
         classifier = zero_shot.build_classifier(self._prompt_embeddings, labels, templates)
-        scores = self._segmentation_scores(x, out_size, classifier, method, window, stride)
+        scores = self._segmentation_scores(x, out_size, classifier, method, window, stride, refine, proxy)
         label_map = scores.argmax(dim=0)
         return (label_map, scores) if return_scores else label_map
 
     def _segmentation_scores(self, x: torch.Tensor, out_size: Tuple[int, int], classifier: torch.Tensor,
-                             method: str, window: Optional[int], stride: Optional[int]) -> torch.Tensor:
+                             method: str, window: Optional[int], stride: Optional[int],
+                             refine: Optional[str] = None, proxy: Optional[Proxy] = None) -> torch.Tensor:
         """Checked ``segment`` inputs -> scores ``[C, H, W]`` (also run by ``maskclip.eval``'s segmentation).
 
-        ``x``: ``segmentation_input``'s ``[1, 3, h, w]``; ``method``: a name in ``dense.METHODS``;
-        ``window`` / ``stride``: from ``segmentation.check_window``.
+        ``x``: ``segmentation_input``'s ``[1, 3, h, w]``; ``method``: a name in ``dense.METHODS`` or
+        ``dense.PROXY_METHODS``; ``window`` / ``stride``: from ``segmentation.check_window``; ``refine``: from
+        ``refine.check_refine``; ``proxy``: from ``_check_proxy``. PAMR sees the preprocessed image
+        resized to ``out_size``, as NACLIP feeds it the normalised input.
         """
         p = self.config.vision.patch_size
         self._check_patch_count(*segmentation.feature_input_size(x.shape[-2:], p, window))
-        features = partial(self._dense_features, method=method)
-        return segmentation.scores(features, x.to(self.device, self.dtype), out_size, classifier, p, window, stride)
+        features = partial(self._dense_features, method=method, proxy=proxy)
+        scores = segmentation.scores(features, x.to(self.device, self.dtype), out_size, classifier, p, window, stride)
+        if refine == "pamr":
+            image = F.interpolate(x.float(), size=tuple(out_size), mode="bilinear", align_corners=False)
+            scores = refinement.pamr(image, scores[None])[0]
+        return scores
 
     # --- saving ------------------------------------------------------------------------------
 

@@ -23,8 +23,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..dense import METHODS, resolve_method
+from ..dense import METHODS, ORIGINAL_METHODS, resolve_method
 from ..errors import InputError
+from ..refine import check_refine
 from ..segmentation import check_window
 from ..transforms import segmentation_input
 from ..zero_shot import resolve_templates
@@ -36,14 +37,16 @@ from .progress import progress as progress_bar
 IGNORE_INDEX = 255
 
 
-def zero_shot_segmentation(model, dataset, methods: Sequence[str] = METHODS, classnames: Optional[Sequence[str]] = None,
+def zero_shot_segmentation(model, dataset, methods: Sequence[str] = ORIGINAL_METHODS,
+                           classnames: Optional[Sequence[str]] = None,
                            templates=None, image_size: Optional[int] = None, window: Optional[int] = None,
-                           stride: Optional[int] = None, progress: bool = True) -> dict:
+                           stride: Optional[int] = None, progress: bool = True, refine: Optional[str] = None) -> dict:
     """Evaluate every dense ``method`` on ``dataset`` (an ``EvalSet`` or data spec with masks) -> results dict.
 
     Results are keyed by the method names as given (an alias such as ``"maskclip"`` keeps its
     spelling; it scores as ``"zhou"``). ``classnames`` replace the dataset's segmentation classes
-    (one per mask value); ``templates`` default to the dataset's suggested ones.
+    (one per mask value); ``templates`` default to the dataset's suggested ones. ``refine``:
+    ``None`` or ``"pamr"`` (``maskclip.refine``), applied to every method's scores.
     """
     start = time.perf_counter()
     ds = open_dataset(dataset, segmentation_classes=classnames, default_size=model.config.preprocess.image_size)
@@ -53,6 +56,7 @@ def zero_shot_segmentation(model, dataset, methods: Sequence[str] = METHODS, cla
     classes, bg = ds.segmentation_classes, ds.background_index
     size = image_size if image_size is not None else model.config.preprocess.image_size
     window, stride = check_window(window, stride, model.config.vision.patch_size)
+    refine = check_refine(refine)
     n_cls = len(classes)
     confusion = {m: torch.zeros(n_cls, n_cls, dtype=torch.long) for m in methods}
     fg_confusion = {m: torch.zeros(n_cls - 1, n_cls - 1, dtype=torch.long) for m in methods} if bg is not None else {}
@@ -63,7 +67,7 @@ def zero_shot_segmentation(model, dataset, methods: Sequence[str] = METHODS, cla
             x, out_size = segmentation_input(record.image, model.config.preprocess, size=size)
             target = _mask(record.mask, out_size, n_cls, ds.name, i)
             for m, name in methods.items():
-                scores = model._segmentation_scores(x, out_size, classifier, name, window, stride)
+                scores = model._segmentation_scores(x, out_size, classifier, name, window, stride, refine)
                 confusion[m] += metrics.confusion_matrix(scores.argmax(0), target, n_cls, IGNORE_INDEX)
                 if bg is not None:
                     fg_confusion[m] += _foreground_confusion(scores, target, bg)
@@ -80,7 +84,7 @@ def zero_shot_segmentation(model, dataset, methods: Sequence[str] = METHODS, cla
         "methods": results,
         "protocol": {
             "image_size": size, "resize": "shorter side to image_size, aspect ratio kept, no crop",
-            "window": window, "stride": stride,
+            "window": window, "stride": stride, "refine": refine,
             "scores": "cosine of L2-normalised dense features and the text classifier, bilinearly upsampled "
                       "to the mask size, argmax per pixel; confusion matrices summed over the set",
             "background": "no background class" if bg is None else (
