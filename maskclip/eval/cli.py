@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..dense import ALIASES, METHODS, canonical_name
+from ..resources import read_json
+
+BENCHMARKS = tuple(read_json("segmentation_benchmarks.json")["benchmarks"])
 
 DATA_HELP = ("synthetic:SPLIT[,n=N,size=S,seed=K,label=shape|colour_shape], a folder of class subfolders, "
              "a .csv/.tsv, a folder of .tar shards or a shard manifest .json")
@@ -45,15 +48,28 @@ def add_eval_parser(sub, model_args: Callable[[argparse.ArgumentParser], None]) 
     common(sp)
     sp.set_defaults(func=cmd_linear_probe)
 
-    sp = tasks.add_parser("segmentation", help="zero-shot segmentation: mIoU and pixel accuracy per dense method")
-    sp.add_argument("--data", required=True, help=DATA_HELP + " (with masks)")
-    sp.add_argument("--methods", nargs="+", default=list(METHODS), type=canonical_name, choices=METHODS,
-                    help=f"dense methods (default all; also accepted: {ALIASES})")
-    sp.add_argument("--classnames-file", help="segmentation class names, one per line, line k = mask value k")
-    sp.add_argument("--templates", help="template set name or one template with {} (default: the data's, else none)")
-    sp.add_argument("--size", type=int, help="shorter side in px (default: the model's image size)")
-    sp.add_argument("--window", type=int, help="sliding window in px (default: whole image)")
-    sp.add_argument("--stride", type=int, help="window stride (default window/2)")
+    sp = tasks.add_parser("segmentation", help="zero-shot segmentation: mIoU and pixel accuracy per dense method, "
+                                               "on --data or on a benchmark under its published protocol")
+    source = sp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help=DATA_HELP + " (with masks)")
+    source.add_argument("--benchmark", choices=BENCHMARKS + ("all",),
+                        help="a benchmark in its usual folder layout (--root), or all eight (--data-root)")
+    sp.add_argument("--root", help="with --benchmark NAME: the benchmark's folder (e.g. .../VOCdevkit/VOC2012)")
+    sp.add_argument("--data-root", help="with --benchmark all: the folder holding each benchmark under its usual name")
+    sp.add_argument("--methods", nargs="+", type=canonical_name, choices=METHODS,
+                    help=f"with --data: dense methods (default all; also accepted: {ALIASES})")
+    sp.add_argument("--method", type=canonical_name, choices=METHODS,
+                    help="with --benchmark: the dense method (default clearclip)")
+    sp.add_argument("--refine", help="with --benchmark: post-processing of the scores passed to the model (e.g. pamr)")
+    sp.add_argument("--variant", help="with --benchmark: another repository's settings (naclip)")
+    sp.add_argument("--limit", type=int, help="with --benchmark: the first N images of each benchmark only")
+    sp.add_argument("--classnames-file", help="with --data: segmentation class names, one per line, line k = mask value k")
+    sp.add_argument("--templates", help="with --data: template set name or one template with {} (default: the data's)")
+    sp.add_argument("--size", type=int, help="shorter side in px (default: the model's image size; the protocol's "
+                                             "with --benchmark)")
+    sp.add_argument("--window", type=int, help="sliding window in px (default: whole image; the protocol's with "
+                                               "--benchmark, where 0 means the whole image)")
+    sp.add_argument("--stride", type=int, help="window stride (default window/2; the protocol's with --benchmark)")
     common(sp)
     sp.set_defaults(func=cmd_segmentation)
 
@@ -102,9 +118,13 @@ def cmd_linear_probe(args) -> None:
 
 
 def cmd_segmentation(args) -> None:
+    if args.benchmark is not None:
+        return cmd_segmentation_benchmark(args)
     from . import zero_shot_segmentation
 
-    r = zero_shot_segmentation(_load(args), args.data, args.methods, _classnames(args.classnames_file),
+    _refuse(args, "--data", ("root", "data_root", "method", "refine", "variant", "limit"))
+    methods = args.methods or list(METHODS)
+    r = zero_shot_segmentation(_load(args), args.data, methods, _classnames(args.classnames_file),
                                args.templates, args.size, args.window, args.stride, progress=not args.no_progress)
     lines = []
     for method, res in r["methods"].items():
@@ -114,6 +134,46 @@ def cmd_segmentation(args) -> None:
             line += f" | foreground mIoU {res['foreground']['miou']:.4f}"
         lines.append(line)
     _report(args, r, lines)
+
+
+def cmd_segmentation_benchmark(args) -> None:
+    from .segmentation_benchmark import all_benchmarks, benchmark_segmentation
+
+    _refuse(args, "--benchmark", ("methods", "classnames_file", "templates"))
+    overrides = {k: v for k, v in (("short_side", args.size), ("stride", args.stride)) if v is not None}
+    if args.window is not None:
+        overrides["window"] = args.window or None
+    kwargs = dict(method=args.method or "clearclip", refine=args.refine, variant=args.variant, limit=args.limit,
+                  progress=not args.no_progress, **overrides)
+    if args.benchmark == "all":
+        _need(args, "data_root", "--benchmark all needs --data-root DIR (the folder holding the eight benchmarks)")
+        _refuse(args, "--benchmark all", ("root",))
+        r = all_benchmarks(_load(args), args.data_root, **kwargs)
+        lines = [f"{name:<12} mIoU {miou:.4f}" for name, miou in r["miou"].items()]
+        lines.append(f"{'average':<12} mIoU {r['average_miou']:.4f}")
+    else:
+        _need(args, "root", f"--benchmark {args.benchmark} needs --root, the benchmark's folder")
+        _refuse(args, f"--benchmark {args.benchmark}", ("data_root",))
+        r = benchmark_segmentation(_load(args), args.benchmark, args.root, **kwargs)
+        lines = [f"{r['benchmark']} {r['method']}: mIoU {r['miou']:.4f} pixel acc {r['pixel_accuracy']:.4f} "
+                 f"({r['n']} images, {r['seconds']:.1f} s)"]
+    _report(args, r, lines)
+
+
+def _need(args, dest: str, message: str) -> None:
+    from ..errors import InputError
+
+    if getattr(args, dest) is None:
+        raise InputError(message)
+
+
+def _refuse(args, mode: str, dests) -> None:
+    """Options that do not apply with ``mode`` are an error, not silently ignored."""
+    from ..errors import InputError
+
+    given = ["--" + d.replace("_", "-") for d in dests if getattr(args, d) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} cannot be used with {mode}")
 
 
 def _report(args, results: dict, lines: List[str]) -> None:
