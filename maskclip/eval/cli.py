@@ -1,4 +1,4 @@
-"""``maskclip eval zeroshot | retrieval | linear-probe | segmentation``: the evaluation tasks on the command line."""
+"""``maskclip eval zeroshot | retrieval | linear-probe | segmentation | segmentation-probe``: the evaluation tasks on the command line."""
 from __future__ import annotations
 
 import argparse
@@ -56,7 +56,7 @@ def add_eval_parser(sub, model_args: Callable[[argparse.ArgumentParser], None]) 
                         help="a benchmark in its usual folder layout (--root), or all eight (--data-root)")
     sp.add_argument("--root", help="with --benchmark NAME: the benchmark's folder (e.g. .../VOCdevkit/VOC2012)")
     sp.add_argument("--data-root", help="with --benchmark all: the folder holding each benchmark under its usual name")
-    sp.add_argument("--methods", nargs="+", type=canonical_name, choices=METHODS,
+    sp.add_argument("--methods", nargs="+", default=list(METHODS), type=canonical_name, choices=METHODS,
                     help=f"with --data: dense methods (default all; also accepted: {ALIASES})")
     sp.add_argument("--method", type=canonical_name, choices=METHODS,
                     help="with --benchmark: the dense method (default clearclip)")
@@ -72,6 +72,27 @@ def add_eval_parser(sub, model_args: Callable[[argparse.ArgumentParser], None]) 
     sp.add_argument("--stride", type=int, help="window stride (default window/2; the protocol's with --benchmark)")
     common(sp)
     sp.set_defaults(func=cmd_segmentation)
+
+
+    sp = tasks.add_parser("segmentation-probe", help="linear segmentation probe: a 1x1 linear head on frozen patch "
+                                                     "features, trained on the train split, mIoU on val")
+    source = sp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--benchmark", choices=BENCHMARKS, help="a benchmark in its usual folder layout (--root): "
+                                                                "its train split fits the head, its val split scores it")
+    source.add_argument("--train", help="training data with masks: " + DATA_HELP)
+    sp.add_argument("--root", help="with --benchmark: the benchmark's folder")
+    sp.add_argument("--test", help="with --train: the data scored, same segmentation classes")
+    sp.add_argument("--size", type=int, help="shorter side in px (default: the benchmark's short side, else the "
+                                             "model's image size)")
+    sp.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty on the head's weights (default 1e-4)")
+    sp.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations (default 300)")
+    sp.add_argument("--patches-per-image", type=int, help="training patches sampled per image (default all)")
+    sp.add_argument("--limit", type=int, help="the first N images of each split only")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the patch sampling")
+    model_args(sp)
+    sp.add_argument("--out", help="write the results JSON here (default: print it)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    sp.set_defaults(func=cmd_segmentation_probe)
 
 
 def _load(args):
@@ -123,8 +144,7 @@ def cmd_segmentation(args) -> None:
     from . import zero_shot_segmentation
 
     _refuse(args, "--data", ("root", "data_root", "method", "refine", "variant", "limit"))
-    methods = args.methods or list(METHODS)
-    r = zero_shot_segmentation(_load(args), args.data, methods, _classnames(args.classnames_file),
+    r = zero_shot_segmentation(_load(args), args.data, args.methods, _classnames(args.classnames_file),
                                args.templates, args.size, args.window, args.stride, progress=not args.no_progress)
     lines = []
     for method, res in r["methods"].items():
@@ -137,9 +157,12 @@ def cmd_segmentation(args) -> None:
 
 
 def cmd_segmentation_benchmark(args) -> None:
+    from ..errors import InputError
     from .segmentation_benchmark import all_benchmarks, benchmark_segmentation
 
-    _refuse(args, "--benchmark", ("methods", "classnames_file", "templates"))
+    _refuse(args, "--benchmark", ("classnames_file", "templates"))
+    if args.methods != list(METHODS):
+        raise InputError("--methods cannot be used with --benchmark (it takes one --method)")
     overrides = {k: v for k, v in (("short_side", args.size), ("stride", args.stride)) if v is not None}
     if args.window is not None:
         overrides["window"] = args.window or None
@@ -158,6 +181,26 @@ def cmd_segmentation_benchmark(args) -> None:
         lines = [f"{r['benchmark']} {r['method']}: mIoU {r['miou']:.4f} pixel acc {r['pixel_accuracy']:.4f} "
                  f"({r['n']} images, {r['seconds']:.1f} s)"]
     _report(args, r, lines)
+
+
+def cmd_segmentation_probe(args) -> None:
+    from .segmentation_probe import benchmark_splits, segmentation_probe, spec_split
+
+    if args.benchmark is not None:
+        _need(args, "root", f"--benchmark {args.benchmark} needs --root, the benchmark's folder")
+        _refuse(args, "--benchmark", ("test",))
+        train, val = benchmark_splits(args.benchmark, args.root)
+        from ..datasets.segmentation_benchmarks import benchmark
+
+        size = args.size if args.size is not None else benchmark(args.benchmark)["short_side"]
+    else:
+        _need(args, "test", "--train needs --test, the data to score")
+        _refuse(args, "--train", ("root",))
+        train, val, size = spec_split(args.train), spec_split(args.test), args.size
+    r = segmentation_probe(_load(args), train, val, size, args.weight_decay, args.max_iter, args.patches_per_image,
+                           args.limit, args.seed, progress=not args.no_progress)
+    _report(args, r, [f"mIoU {r['miou']:.4f} pixel acc {r['pixel_accuracy']:.4f}",
+                      f"{r['n_train']} train images ({r['n_train_patches']} patches), {r['n_val']} val images"])
 
 
 def _need(args, dest: str, message: str) -> None:
