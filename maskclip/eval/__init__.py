@@ -18,4 +18,5 @@ from .segmentation_probe import segmentation_probe
 from .zero_shot import zero_shot_classification
 
 __all__ = ["zero_shot_classification", "image_text_retrieval", "linear_probe_classification",
-           "zero_shot_segmentation", "benchmark_segmentation", "all_benchmarks", "segmentation_probe", "open_dataset", "EvalSet", "Record", "write_results", "to_json"]
+           "zero_shot_segmentation", "benchmark_segmentation", "all_benchmarks", "segmentation_probe",
+           "open_dataset", "EvalSet", "Record", "write_results", "to_json"]

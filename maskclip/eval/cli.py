@@ -1,4 +1,4 @@
-"""``maskclip eval zeroshot | retrieval | linear-probe | segmentation | segmentation-probe``: the evaluation tasks on the command line."""
+"""``maskclip eval zeroshot | retrieval | linear-probe | segmentation | segmentation-probe``: evaluation tasks."""
 from __future__ import annotations
 
 import argparse

@@ -34,7 +34,7 @@ OVERRIDABLE = ("short_side", "window", "stride")
 
 
 def protocol_size(height: int, width: int, short_side: int, max_long_side: int) -> int:
-    """The shorter side after mmseg's keep-ratio ``Resize(scale=(max_long_side, short_side))`` of an ``height x width`` image."""
+    """The shorter side of an ``height x width`` image after mmseg's keep-ratio resize to ``(max_long_side, short_side)``."""
     scale = min(max_long_side / max(height, width), short_side / min(height, width))
     return int(min(height, width) * scale + 0.5)
 
