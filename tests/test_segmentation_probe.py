@@ -97,3 +97,10 @@ def test_probe_refuses_mismatched_classes_and_bad_arguments(model):
 def test_probe_cli_needs_its_data(capsys):
     code = main(["eval", "segmentation-probe", "--train", "synthetic:train,n=2", "--model", "tiny-shapes"])
     assert code == 2 and "--train needs --test" in capsys.readouterr().err
+
+
+def test_probe_cli_has_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "segmentation-probe", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "usage: maskclip eval segmentation-probe" in out and "--patches-per-image" in out
