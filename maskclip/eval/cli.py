@@ -1,4 +1,4 @@
-"""``maskclip eval zeroshot | retrieval | linear-probe | segmentation``: the evaluation tasks on the command line."""
+"""``maskclip eval zeroshot | retrieval | linear-probe | segmentation | segmentation-probe``: evaluation tasks."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..dense import ALIASES, METHODS, canonical_name
+from ..resources import read_json
+
+BENCHMARKS = tuple(read_json("segmentation_benchmarks.json")["benchmarks"])
 
 DATA_HELP = ("synthetic:SPLIT[,n=N,size=S,seed=K,label=shape|colour_shape], a folder of class subfolders, "
              "a .csv/.tsv, a folder of .tar shards or a shard manifest .json")
@@ -45,17 +48,51 @@ def add_eval_parser(sub, model_args: Callable[[argparse.ArgumentParser], None]) 
     common(sp)
     sp.set_defaults(func=cmd_linear_probe)
 
-    sp = tasks.add_parser("segmentation", help="zero-shot segmentation: mIoU and pixel accuracy per dense method")
-    sp.add_argument("--data", required=True, help=DATA_HELP + " (with masks)")
+    sp = tasks.add_parser("segmentation", help="zero-shot segmentation: mIoU and pixel accuracy per dense method, "
+                                               "on --data or on a benchmark under its published protocol")
+    source = sp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help=DATA_HELP + " (with masks)")
+    source.add_argument("--benchmark", choices=BENCHMARKS + ("all",),
+                        help="a benchmark in its usual folder layout (--root), or all eight (--data-root)")
+    sp.add_argument("--root", help="with --benchmark NAME: the benchmark's folder (e.g. .../VOCdevkit/VOC2012)")
+    sp.add_argument("--data-root", help="with --benchmark all: the folder holding each benchmark under its usual name")
     sp.add_argument("--methods", nargs="+", default=list(METHODS), type=canonical_name, choices=METHODS,
-                    help=f"dense methods (default all; also accepted: {ALIASES})")
-    sp.add_argument("--classnames-file", help="segmentation class names, one per line, line k = mask value k")
-    sp.add_argument("--templates", help="template set name or one template with {} (default: the data's, else none)")
-    sp.add_argument("--size", type=int, help="shorter side in px (default: the model's image size)")
-    sp.add_argument("--window", type=int, help="sliding window in px (default: whole image)")
-    sp.add_argument("--stride", type=int, help="window stride (default window/2)")
+                    help=f"with --data: dense methods (default all; also accepted: {ALIASES})")
+    sp.add_argument("--method", type=canonical_name, choices=METHODS,
+                    help="with --benchmark: the dense method (default clearclip)")
+    sp.add_argument("--refine", help="with --benchmark: post-processing of the scores passed to the model (e.g. pamr)")
+    sp.add_argument("--variant", help="with --benchmark: another repository's settings (naclip)")
+    sp.add_argument("--limit", type=int, help="with --benchmark: the first N images of each benchmark only")
+    sp.add_argument("--classnames-file", help="with --data: segmentation class names, one per line, line k = mask value k")
+    sp.add_argument("--templates", help="with --data: template set name or one template with {} (default: the data's)")
+    sp.add_argument("--size", type=int, help="shorter side in px (default: the model's image size; the protocol's "
+                                             "with --benchmark)")
+    sp.add_argument("--window", type=int, help="sliding window in px (default: whole image; the protocol's with "
+                                               "--benchmark, where 0 means the whole image)")
+    sp.add_argument("--stride", type=int, help="window stride (default window/2; the protocol's with --benchmark)")
     common(sp)
     sp.set_defaults(func=cmd_segmentation)
+
+
+    sp = tasks.add_parser("segmentation-probe", help="linear segmentation probe: a 1x1 linear head on frozen patch "
+                                                     "features, trained on the train split, mIoU on val")
+    source = sp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--benchmark", choices=BENCHMARKS, help="a benchmark in its usual folder layout (--root): "
+                                                                "its train split fits the head, its val split scores it")
+    source.add_argument("--train", help="training data with masks: " + DATA_HELP)
+    sp.add_argument("--root", help="with --benchmark: the benchmark's folder")
+    sp.add_argument("--test", help="with --train: the data scored, same segmentation classes")
+    sp.add_argument("--size", type=int, help="shorter side in px (default: the benchmark's short side, else the "
+                                             "model's image size)")
+    sp.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty on the head's weights (default 1e-4)")
+    sp.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations (default 300)")
+    sp.add_argument("--patches-per-image", type=int, help="training patches sampled per image (default all)")
+    sp.add_argument("--limit", type=int, help="the first N images of each split only")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the patch sampling")
+    model_args(sp)
+    sp.add_argument("--out", help="write the results JSON here (default: print it)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    sp.set_defaults(func=cmd_segmentation_probe)
 
 
 def _load(args):
@@ -102,8 +139,11 @@ def cmd_linear_probe(args) -> None:
 
 
 def cmd_segmentation(args) -> None:
+    if args.benchmark is not None:
+        return cmd_segmentation_benchmark(args)
     from . import zero_shot_segmentation
 
+    _refuse(args, "--data", ("root", "data_root", "method", "refine", "variant", "limit"))
     r = zero_shot_segmentation(_load(args), args.data, args.methods, _classnames(args.classnames_file),
                                args.templates, args.size, args.window, args.stride, progress=not args.no_progress)
     lines = []
@@ -114,6 +154,69 @@ def cmd_segmentation(args) -> None:
             line += f" | foreground mIoU {res['foreground']['miou']:.4f}"
         lines.append(line)
     _report(args, r, lines)
+
+
+def cmd_segmentation_benchmark(args) -> None:
+    from ..errors import InputError
+    from .segmentation_benchmark import all_benchmarks, benchmark_segmentation
+
+    _refuse(args, "--benchmark", ("classnames_file", "templates"))
+    if args.methods != list(METHODS):
+        raise InputError("--methods cannot be used with --benchmark (it takes one --method)")
+    overrides = {k: v for k, v in (("short_side", args.size), ("stride", args.stride)) if v is not None}
+    if args.window is not None:
+        overrides["window"] = args.window or None
+    kwargs = dict(method=args.method or "clearclip", refine=args.refine, variant=args.variant, limit=args.limit,
+                  progress=not args.no_progress, **overrides)
+    if args.benchmark == "all":
+        _need(args, "data_root", "--benchmark all needs --data-root DIR (the folder holding the eight benchmarks)")
+        _refuse(args, "--benchmark all", ("root",))
+        r = all_benchmarks(_load(args), args.data_root, **kwargs)
+        lines = [f"{name:<12} mIoU {miou:.4f}" for name, miou in r["miou"].items()]
+        lines.append(f"{'average':<12} mIoU {r['average_miou']:.4f}")
+    else:
+        _need(args, "root", f"--benchmark {args.benchmark} needs --root, the benchmark's folder")
+        _refuse(args, f"--benchmark {args.benchmark}", ("data_root",))
+        r = benchmark_segmentation(_load(args), args.benchmark, args.root, **kwargs)
+        lines = [f"{r['benchmark']} {r['method']}: mIoU {r['miou']:.4f} pixel acc {r['pixel_accuracy']:.4f} "
+                 f"({r['n']} images, {r['seconds']:.1f} s)"]
+    _report(args, r, lines)
+
+
+def cmd_segmentation_probe(args) -> None:
+    from .segmentation_probe import benchmark_splits, segmentation_probe, spec_split
+
+    if args.benchmark is not None:
+        _need(args, "root", f"--benchmark {args.benchmark} needs --root, the benchmark's folder")
+        _refuse(args, "--benchmark", ("test",))
+        train, val = benchmark_splits(args.benchmark, args.root)
+        from ..datasets.segmentation_benchmarks import benchmark
+
+        size = args.size if args.size is not None else benchmark(args.benchmark)["short_side"]
+    else:
+        _need(args, "test", "--train needs --test, the data to score")
+        _refuse(args, "--train", ("root",))
+        train, val, size = spec_split(args.train), spec_split(args.test), args.size
+    r = segmentation_probe(_load(args), train, val, size, args.weight_decay, args.max_iter, args.patches_per_image,
+                           args.limit, args.seed, progress=not args.no_progress)
+    _report(args, r, [f"mIoU {r['miou']:.4f} pixel acc {r['pixel_accuracy']:.4f}",
+                      f"{r['n_train']} train images ({r['n_train_patches']} patches), {r['n_val']} val images"])
+
+
+def _need(args, dest: str, message: str) -> None:
+    from ..errors import InputError
+
+    if getattr(args, dest) is None:
+        raise InputError(message)
+
+
+def _refuse(args, mode: str, dests) -> None:
+    """Options that do not apply with ``mode`` are an error, not silently ignored."""
+    from ..errors import InputError
+
+    given = ["--" + d.replace("_", "-") for d in dests if getattr(args, d) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} cannot be used with {mode}")
 
 
 def _report(args, results: dict, lines: List[str]) -> None:

@@ -1,0 +1,154 @@
+"""Zero-shot segmentation on the field's benchmarks, under their published protocol.
+
+``benchmark_segmentation(model, "voc21", root, method="naclip")`` reads the benchmark's folder
+(``maskclip.datasets.segmentation_benchmarks``), resizes each image as mmseg's
+``Resize(scale=(max_long_side, short_side), keep_ratio=True)`` does, scores every class name
+(all synonyms, prompts = the 80 OpenAI ImageNet templates) in sliding windows with
+``model``'s dense ``method``, upsamples the cosine scores to the original size and predicts as
+``segmentation_protocol`` describes. Confusion matrices are summed over the split, then mIoU
+(over the classes present in labels or predictions, as mmseg), per-class IoU and pixel accuracy.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..datasets.record import read_image
+from ..datasets.segmentation_benchmarks import BENCHMARKS, IGNORE_INDEX, benchmark, benchmark_roots, open_benchmark
+from ..dense import resolve_method
+from ..errors import InputError
+from ..segmentation import check_window
+from ..transforms import segmentation_input
+from ..zero_shot import resolve_templates
+from . import metrics
+from .features import evaluating
+from .progress import progress as progress_bar
+from .segmentation_protocol import class_probabilities, flatten_synonyms, predict
+
+OVERRIDABLE = ("short_side", "window", "stride")
+
+
+def protocol_size(height: int, width: int, short_side: int, max_long_side: int) -> int:
+    """The shorter side of an ``height x width`` image after mmseg's keep-ratio resize to ``(max_long_side, short_side)``."""
+    scale = min(max_long_side / max(height, width), short_side / min(height, width))
+    return int(min(height, width) * scale + 0.5)
+
+
+def benchmark_segmentation(model, name: str, root, method: str = "clearclip", refine: Optional[str] = None,
+                           variant: Optional[str] = None, limit: Optional[int] = None, progress: bool = True,
+                           **overrides) -> dict:
+    """Evaluate ``model``'s dense ``method`` on benchmark ``name`` in folder ``root`` -> results dict.
+
+    ``refine`` (e.g. ``"pamr"``) is passed to the model's segmentation scores when its
+    ``segment`` takes one. ``variant``: another repository's settings (``"naclip"``).
+    ``limit``: the first ``limit`` images only. ``overrides``: any of ``OVERRIDABLE``
+    (``window=None`` scores the whole image), recorded in the results.
+    """
+    start = time.perf_counter()
+    spec = benchmark(name, variant)
+    unknown = set(overrides) - set(OVERRIDABLE)
+    if unknown:
+        raise InputError(f"protocol overrides must be among {list(OVERRIDABLE)}; got {sorted(unknown)}")
+    spec.update(overrides)
+    method = resolve_method(method)
+    refine_kwargs = _refine_kwargs(model, refine)
+    data = open_benchmark(name, root, "val")
+    n = len(data) if limit is None else _check_limit(limit, len(data))
+    window, stride = check_window(spec["window"], spec["stride"], model.config.vision.patch_size)
+    templates = resolve_templates(spec["templates"])
+    classes, bg = spec["classes"], spec["background"]
+    names, owner = flatten_synonyms(classes)
+    n_cls = len(classes)
+    confusion = torch.zeros(n_cls, n_cls, dtype=torch.long)
+    with evaluating(model), torch.no_grad():
+        classifier = model.zero_shot_classifier(names, templates)  # [E, Q], built once
+        for i in progress_bar(range(n), total=n, desc=name, enabled=progress):
+            sample = data[i]
+            image = read_image(sample.image)
+            size = protocol_size(image.height, image.width, spec["short_side"], spec["max_long_side"])
+            x, out_size = segmentation_input(image, model.config.preprocess, size=size)
+            target = _target(sample.mask, out_size, n_cls, sample.meta["mask"])
+            scores = model._segmentation_scores(x, out_size, classifier, method, window, stride, **refine_kwargs)
+            probs = class_probabilities(scores, owner, n_cls, spec["logit_scale"])
+            label = predict(probs, bg, spec["prob_threshold"], spec["area_threshold"])
+            confusion += metrics.confusion_matrix(label, target, n_cls, IGNORE_INDEX)
+    class_names = [("background" if k == bg else synonyms[0]) for k, synonyms in enumerate(classes)]
+    return {
+        "task": "segmentation_benchmark",
+        "benchmark": name,
+        "title": spec["title"],
+        "root": str(root),
+        "model": model.config.name,
+        "method": method,
+        "refine": refine,
+        "n": n,
+        "limit": limit,
+        "miou": metrics.mean_iou(confusion),
+        "pixel_accuracy": metrics.pixel_accuracy(confusion),
+        "per_class_iou": dict(zip(class_names, metrics.iou_per_class(confusion).tolist())),
+        "protocol": {
+            "variant": variant,
+            "short_side": spec["short_side"], "max_long_side": spec["max_long_side"],
+            "window": window, "stride": stride if window is not None else None,
+            "logit_scale": spec["logit_scale"], "prob_threshold": spec["prob_threshold"],
+            "area_threshold": spec["area_threshold"], "background": bg,
+            "reduce_zero_label": spec["reduce_zero_label"], "ignore_index": IGNORE_INDEX,
+            "templates": spec["templates"], "n_templates": len(templates), "classes": classes,
+            "overrides": dict(overrides), "sources": spec["sources"],
+        },
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def all_benchmarks(model, data_root, names: Optional[Sequence[str]] = None, **kwargs) -> dict:
+    """``benchmark_segmentation`` on each of ``names`` (default all eight) from its usual folder under ``data_root``.
+
+    Adds the average mIoU over them.
+    """
+    start = time.perf_counter()
+    names = BENCHMARKS if names is None else tuple(names)
+    roots = benchmark_roots(data_root, names)  # every folder found before the first image is scored
+    results = {n: benchmark_segmentation(model, n, roots[n], **kwargs) for n in names}
+    mious = [r["miou"] for r in results.values()]
+    return {
+        "task": "segmentation_benchmarks",
+        "model": model.config.name,
+        "method": next(iter(results.values()))["method"],
+        "refine": kwargs.get("refine"),
+        "average_miou": float(np.mean(mious)) if all(math.isfinite(m) for m in mious) else float("nan"),
+        "miou": {n: r["miou"] for n, r in results.items()},
+        "benchmarks": results,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _refine_kwargs(model, refine: Optional[str]) -> dict:
+    if refine is None:
+        return {}
+    takes = [f for f in (model.segment, model._segmentation_scores) if "refine" in inspect.signature(f).parameters]
+    if len(takes) < 2:
+        raise InputError(f"refine={refine!r} needs a maskclip whose DualEncoder.segment takes refine= "
+                         "(dense post-processing such as PAMR); this installation's does not")
+    return {"refine": refine}
+
+
+def _check_limit(limit, available: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InputError(f"limit must be a positive integer; got {limit!r}")
+    return min(limit, available)
+
+
+def _target(mask: np.ndarray, out_size, n_cls: int, where: str) -> torch.Tensor:
+    target = torch.from_numpy(np.ascontiguousarray(mask)).long()
+    if tuple(target.shape) != tuple(out_size):
+        raise InputError(f"mask {where!r} is {list(target.shape)} but its image is {list(out_size)} (H, W)")
+    bad = (target >= n_cls) & (target != IGNORE_INDEX)
+    if bad.any():
+        raise InputError(f"mask {where!r}: values must be class indices below {n_cls} or {IGNORE_INDEX}; "
+                         f"found {int(target[bad].max())}")
+    return target
