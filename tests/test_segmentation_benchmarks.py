@@ -10,7 +10,7 @@ from maskclip.cli import main
 from maskclip.datasets.segmentation_benchmarks import (BENCHMARKS, IGNORE_INDEX, benchmark, class_synonyms,
                                                        find_benchmark_root, open_benchmark, reduce_zero_label)
 from maskclip.errors import InputError
-from maskclip.eval.segmentation_benchmark import _refine_kwargs, protocol_size
+from maskclip.eval.segmentation_benchmark import protocol_size
 from maskclip.eval.segmentation_protocol import class_probabilities, flatten_synonyms, predict
 
 # SCLIP configs/cfg_*.py (wangf3014/SCLIP): short side, logit scale, prob_thd, area_thd,
@@ -208,24 +208,16 @@ def test_area_threshold_drops_small_foreground_classes():
     assert predict(probs, background=0, area_threshold=0.05).tolist() == [[1] * 8 + [2, 0]]
 
 
-def test_refine_needs_a_model_that_takes_it():
-    class Without:
-        def segment(self, image, labels):
-            pass
+def test_benchmark_refines_with_pamr_and_refuses_an_unknown_refinement(tmp_path, model):
+    from maskclip.eval.segmentation_benchmark import benchmark_segmentation
 
-        def _segmentation_scores(self, x, out_size, classifier, method, window, stride):
-            pass
-
-    class With:
-        def segment(self, image, labels, refine=None):
-            pass
-
-        def _segmentation_scores(self, x, out_size, classifier, method, window, stride, refine=None):
-            pass
-
-    assert _refine_kwargs(Without(), None) == {} and _refine_kwargs(With(), "pamr") == {"refine": "pamr"}
-    with pytest.raises(InputError, match="refine='pamr' needs"):
-        _refine_kwargs(Without(), "pamr")
+    root = make_tree("voc20", tmp_path / "VOC2012", ids=("a", "b"), values=(1, 2))
+    small = dict(short_side=64, window=None, progress=False)
+    plain = benchmark_segmentation(model, "voc20", root, method="clearclip", **small)
+    refined = benchmark_segmentation(model, "voc20", root, method="clearclip", refine="pamr", **small)
+    assert (plain["refine"], refined["refine"]) == (None, "pamr") and plain["n"] == refined["n"] == 2
+    with pytest.raises(InputError, match="refine must be one of"):
+        benchmark_segmentation(model, "voc20", root, refine="crf", **small)
 
 
 # --- the command line ------------------------------------------------------------------------

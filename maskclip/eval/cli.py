@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..dense import ALIASES, METHODS, canonical_name
+from ..refine import REFINEMENTS
 from ..resources import read_json
 
 BENCHMARKS = tuple(read_json("segmentation_benchmarks.json")["benchmarks"])
@@ -60,7 +61,7 @@ def add_eval_parser(sub, model_args: Callable[[argparse.ArgumentParser], None]) 
                     help=f"with --data: dense methods (default all; also accepted: {ALIASES})")
     sp.add_argument("--method", type=canonical_name, choices=METHODS,
                     help="with --benchmark: the dense method (default clearclip)")
-    sp.add_argument("--refine", help="with --benchmark: post-processing of the scores passed to the model (e.g. pamr)")
+    sp.add_argument("--refine", choices=REFINEMENTS, help="with --benchmark: post-processing of the scores (PAMR)")
     sp.add_argument("--variant", help="with --benchmark: another repository's settings (naclip)")
     sp.add_argument("--limit", type=int, help="with --benchmark: the first N images of each benchmark only")
     sp.add_argument("--classnames-file", help="with --data: segmentation class names, one per line, line k = mask value k")

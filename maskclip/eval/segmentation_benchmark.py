@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from typing import Optional, Sequence
@@ -22,6 +21,7 @@ from ..datasets.record import read_image
 from ..datasets.segmentation_benchmarks import BENCHMARKS, IGNORE_INDEX, benchmark, benchmark_roots, open_benchmark
 from ..dense import resolve_method
 from ..errors import InputError
+from ..refine import check_refine
 from ..segmentation import check_window
 from ..transforms import segmentation_input
 from ..zero_shot import resolve_templates
@@ -44,8 +44,8 @@ def benchmark_segmentation(model, name: str, root, method: str = "clearclip", re
                            **overrides) -> dict:
     """Evaluate ``model``'s dense ``method`` on benchmark ``name`` in folder ``root`` -> results dict.
 
-    ``refine`` (e.g. ``"pamr"``) is passed to the model's segmentation scores when its
-    ``segment`` takes one. ``variant``: another repository's settings (``"naclip"``).
+    ``refine``: a post-process of the scores (``"pamr"``, ``maskclip.refine``), before the logit
+    scale and softmax, as NACLIP applies it. ``variant``: another repository's settings (``"naclip"``).
     ``limit``: the first ``limit`` images only. ``overrides``: any of ``OVERRIDABLE``
     (``window=None`` scores the whole image), recorded in the results.
     """
@@ -56,7 +56,7 @@ def benchmark_segmentation(model, name: str, root, method: str = "clearclip", re
         raise InputError(f"protocol overrides must be among {list(OVERRIDABLE)}; got {sorted(unknown)}")
     spec.update(overrides)
     method = resolve_method(method)
-    refine_kwargs = _refine_kwargs(model, refine)
+    refine = check_refine(refine)
     data = open_benchmark(name, root, "val")
     n = len(data) if limit is None else _check_limit(limit, len(data))
     window, stride = check_window(spec["window"], spec["stride"], model.config.vision.patch_size)
@@ -73,7 +73,7 @@ def benchmark_segmentation(model, name: str, root, method: str = "clearclip", re
             size = protocol_size(image.height, image.width, spec["short_side"], spec["max_long_side"])
             x, out_size = segmentation_input(image, model.config.preprocess, size=size)
             target = _target(sample.mask, out_size, n_cls, sample.meta["mask"])
-            scores = model._segmentation_scores(x, out_size, classifier, method, window, stride, **refine_kwargs)
+            scores = model._segmentation_scores(x, out_size, classifier, method, window, stride, refine)
             probs = class_probabilities(scores, owner, n_cls, spec["logit_scale"])
             label = predict(probs, bg, spec["prob_threshold"], spec["area_threshold"])
             confusion += metrics.confusion_matrix(label, target, n_cls, IGNORE_INDEX)
@@ -125,16 +125,6 @@ def all_benchmarks(model, data_root, names: Optional[Sequence[str]] = None, **kw
         "benchmarks": results,
         "seconds": round(time.perf_counter() - start, 3),
     }
-
-
-def _refine_kwargs(model, refine: Optional[str]) -> dict:
-    if refine is None:
-        return {}
-    takes = [f for f in (model.segment, model._segmentation_scores) if "refine" in inspect.signature(f).parameters]
-    if len(takes) < 2:
-        raise InputError(f"refine={refine!r} needs a maskclip whose DualEncoder.segment takes refine= "
-                         "(dense post-processing such as PAMR); this installation's does not")
-    return {"refine": refine}
 
 
 def _check_limit(limit, available: int) -> int:
