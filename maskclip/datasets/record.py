@@ -16,6 +16,9 @@ from ..errors import ImageNotFoundError, InputError
 from ..images import decode, open_image
 from ..transforms import load_image
 
+# Mask value of pixels that no metric counts (mmsegmentation's convention, kept by every reader here).
+IGNORE_INDEX = 255
+
 ImageSource = Union[Image.Image, str, os.PathLike, bytes]
 MaskSource = Union[np.ndarray, str, os.PathLike, bytes]
 

@@ -20,9 +20,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..resources import read_json, read_text
-from .record import Sample, read_mask
+from .record import IGNORE_INDEX, Sample, read_mask
 
-IGNORE_INDEX = 255
 _SPECS = read_json("segmentation_benchmarks.json")["benchmarks"]
 BENCHMARKS: Tuple[str, ...] = tuple(_SPECS)  # the field's order: background sets first
 

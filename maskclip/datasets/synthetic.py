@@ -11,7 +11,7 @@ Conventions:
   shape, "red circle" (``label="colour_shape"``, 80 classes, colour-major order).
 - **mask**: ``uint8 [H, W]``, 0 = background, ``1 + shape index`` where a shape is visible
   (``SEGMENTATION_CLASSES = ("background", *SHAPES)``). Each pixel takes whatever covers most
-  of it. ``IGNORE_INDEX = 255`` is never generated; evaluation skips such pixels in masks from elsewhere.
+  of it. ``record.IGNORE_INDEX`` (255) is never generated; evaluation skips such pixels in masks from elsewhere.
 - **captions**: several per image (default 5), each a different phrasing, all true.
 - **determinism**: sample ``i`` of a split comes from its own generator seeded with
   ``(seed, split, i)``, so it is the same whatever the order, the worker count or ``n``; the
@@ -39,7 +39,6 @@ SHAPES: Tuple[str, ...] = tuple(vocabulary()["shapes"])
 COLOURS: Tuple[str, ...] = tuple(vocabulary()["colours"])
 SEGMENTATION_CLASSES: Tuple[str, ...] = ("background",) + SHAPES
 BACKGROUND = 0
-IGNORE_INDEX = 255
 MIN_SIZE = 16
 
 

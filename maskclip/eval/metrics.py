@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
+import numpy as np
 import torch
 
+from ..datasets.record import IGNORE_INDEX
 from ..errors import InputError, InputTypeError
 
 _CHUNK = 1024  # rows scored at a time: bounds memory at _CHUNK x columns booleans
@@ -139,3 +141,18 @@ def _check_labels(preds: torch.Tensor, targets: torch.Tensor, num_classes: int):
 
 def _describe(x) -> str:
     return f"shape {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def target_mask(mask: np.ndarray, out_size, n_cls: int, where: str) -> torch.Tensor:
+    """A ground-truth mask ``[H, W]`` -> ``LongTensor[H, W]``, checked against its image size and classes.
+
+    ``where`` names the sample in errors. Values must be class indices below ``n_cls`` or ``IGNORE_INDEX``.
+    """
+    target = torch.from_numpy(np.ascontiguousarray(mask)).long()
+    if tuple(target.shape) != tuple(out_size):
+        raise InputError(f"{where}: mask is {list(target.shape)} but the image is {list(out_size)} (H, W)")
+    bad = (target >= n_cls) & (target != IGNORE_INDEX)
+    if bad.any():
+        raise InputError(f"{where}: mask values must be class indices below {n_cls} or {IGNORE_INDEX}; "
+                         f"found {int(target[bad].max())}")
+    return target

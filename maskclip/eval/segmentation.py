@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 from ..dense import METHODS, ORIGINAL_METHODS, resolve_method
@@ -30,11 +29,10 @@ from ..segmentation import check_window
 from ..transforms import segmentation_input
 from ..zero_shot import resolve_templates
 from . import metrics
+from .metrics import IGNORE_INDEX
 from .datasets import open_dataset
 from .features import evaluating
 from .progress import progress as progress_bar
-
-IGNORE_INDEX = 255
 
 
 def zero_shot_segmentation(model, dataset, methods: Sequence[str] = ORIGINAL_METHODS,
@@ -65,7 +63,7 @@ def zero_shot_segmentation(model, dataset, methods: Sequence[str] = ORIGINAL_MET
         for i in progress_bar(range(len(ds)), total=len(ds), desc="segmentation", enabled=progress):
             record = ds[i]
             x, out_size = segmentation_input(record.image, model.config.preprocess, size=size)
-            target = _mask(record.mask, out_size, n_cls, ds.name, i)
+            target = metrics.target_mask(record.mask, out_size, n_cls, f"{ds.name} item {i}")
             for m, name in methods.items():
                 scores = model._segmentation_scores(x, out_size, classifier, name, window, stride, refine)
                 confusion[m] += metrics.confusion_matrix(scores.argmax(0), target, n_cls, IGNORE_INDEX)
@@ -112,15 +110,6 @@ def _summary(confusion: torch.Tensor, classes) -> dict:
             "per_class_iou": dict(zip(classes, iou.tolist()))}
 
 
-def _mask(mask: np.ndarray, out_size, n_cls: int, name: str, index: int) -> torch.Tensor:
-    target = torch.from_numpy(np.asarray(mask, dtype=np.uint8)).long()
-    if tuple(target.shape) != tuple(out_size):
-        raise InputError(f"{name} item {index}: mask is {list(target.shape)} but the image is {list(out_size)} (H, W)")
-    bad = (target >= n_cls) & (target != IGNORE_INDEX)
-    if bad.any():
-        raise InputError(f"{name} item {index}: mask values must be class indices below {n_cls} or "
-                         f"{IGNORE_INDEX}; found {int(target[bad].max())}")
-    return target
 
 
 def _check_methods(methods) -> list:

@@ -72,7 +72,7 @@ def benchmark_segmentation(model, name: str, root, method: str = "clearclip", re
             image = read_image(sample.image)
             size = protocol_size(image.height, image.width, spec["short_side"], spec["max_long_side"])
             x, out_size = segmentation_input(image, model.config.preprocess, size=size)
-            target = _target(sample.mask, out_size, n_cls, sample.meta["mask"])
+            target = metrics.target_mask(sample.mask, out_size, n_cls, f"mask {sample.meta['mask']!r}")
             scores = model._segmentation_scores(x, out_size, classifier, method, window, stride, refine)
             probs = class_probabilities(scores, owner, n_cls, spec["logit_scale"])
             label = predict(probs, bg, spec["prob_threshold"], spec["area_threshold"])
@@ -133,12 +133,3 @@ def _check_limit(limit, available: int) -> int:
     return min(limit, available)
 
 
-def _target(mask: np.ndarray, out_size, n_cls: int, where: str) -> torch.Tensor:
-    target = torch.from_numpy(np.ascontiguousarray(mask)).long()
-    if tuple(target.shape) != tuple(out_size):
-        raise InputError(f"mask {where!r} is {list(target.shape)} but its image is {list(out_size)} (H, W)")
-    bad = (target >= n_cls) & (target != IGNORE_INDEX)
-    if bad.any():
-        raise InputError(f"mask {where!r}: values must be class indices below {n_cls} or {IGNORE_INDEX}; "
-                         f"found {int(target[bad].max())}")
-    return target
