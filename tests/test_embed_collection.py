@@ -154,6 +154,12 @@ def test_img2dataset_shards_embed_train_and_evaluate(tmp_path, model, model_dir)
     assert meta[0]["image_path"] == f"{shards[0]}/00000" and meta[0]["caption"] == "caption 00000"
     broken_entries = [e for e in stats["skipped_examples"] if e["input"] == str(broken)]
     assert broken_entries and "the shard ends early" in broken_entries[0]["reason"]
+    pytest.importorskip("fsspec")
+    url = f"file://{tmp_path}/{{00000..00001}}.tar"
+    by_url = embed_collection(model, url, tmp_path / "by_url", workers=0, text=False, progress=False)
+    img, meta = _rows(tmp_path / "by_url")
+    assert by_url["embedded"] == 8 and [r["key"] for r in meta] == [r["key"] for r in _rows(out)[1][:8]]
+    np.testing.assert_array_equal(img, _rows(out)[0][:8])
 
 
 def _torchrun(*args, timeout=240):

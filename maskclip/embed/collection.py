@@ -278,7 +278,8 @@ class _Batch:
         """One input: ``image()`` decodes it, ``caption`` is its caption or a function returning it."""
         try:
             pixels = preprocess(image(), self.stream.cfg)
-            caption = caption() if callable(caption) else caption
+            if self.stream.text and callable(caption):
+                caption = caption()
         except Exception as e:  # any unreadable input: skipped and counted with the reason, never silently
             self.skipped.append(_skip(name, key, e))
             return
