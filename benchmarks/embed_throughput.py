@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     base = results["open_clip DataLoader loop"].median
     rows = []
     print(f"embed throughput: {arch.name}, {args.images} JPEGs of {args.size}x{args.size * 3 // 4}, batch "
-          f"{args.batch_size}, {args.workers} workers, {args.repeats} repeats, torch threads {torch.get_num_threads()}; "
+          f"{args.batch_size}, {args.workers} workers, {args.repeats} repeats, "
+          f"torch threads {torch.get_num_threads()}; "
           f"load average {before} before, {timing.loadavg()} after; max abs diff {diff:.1e}")
     print("| contender | median s | min-max s | images/s | vs open_clip |")
     print("|---|---|---|---|---|")

@@ -115,10 +115,10 @@ def cmd_embed_collection(args) -> None:
                              separator=args.csv_separator, progress=not args.no_progress, model_name=args.model)
     if int(os.environ.get("RANK", "0")) == 0:
         run = stats["this_run"]
+        reasons = f", by reason {json.dumps(stats['skipped_by_reason'])}" if stats["skipped"] else ""
         print(f"embedded {stats['embedded']} inputs into {stats['parts']} shards in {args.out} "
-              f"({stats['skipped']} skipped{', by reason ' + json.dumps(stats['skipped_by_reason']) if stats['skipped'] else ''}); "
-              f"this run: {run['parts_written']} shards written, {run['parts_already_done']} already done, "
-              f"{run['images_per_second']} images/s")
+              f"({stats['skipped']} skipped{reasons}); this run: {run['parts_written']} shards written, "
+              f"{run['parts_already_done']} already done, {run['images_per_second']} images/s")
 
 
 def _write_embeddings(out: Path, emb, items: List[str], kind: str, model_name: Optional[str]) -> None:

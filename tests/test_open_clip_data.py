@@ -65,7 +65,7 @@ def test_explicit_keys_must_exist_and_ambiguous_columns_are_refused_naming_the_c
     with pytest.raises(ColumnError, match=r"has columns \['filepath', 'title'\]; expected column 'url'"):
         open_source([path], "url", "")
     both = _write(tmp_path / "both.csv", ("filepath", "caption", "title"), [("img0.png", "a", "b")], ",")
-    with pytest.raises(ColumnError, match=r"\['caption', 'title'\] could each be the caption column.*--csv-caption-key"):
+    with pytest.raises(ColumnError, match=r"\['caption', 'title'\] could each be the caption column.*--csv-caption"):
         open_source([both], "", "")
     assert open_source([both], "", "title").record(0).captions == ["b"]
 

@@ -20,5 +20,6 @@ from .tar import TarShards, decode_sample, tar_members
 from .writer import write_shards
 
 __all__ = ["SyntheticShapes", "Sample", "SHAPES", "SEGMENTATION_CLASSES", "classnames", "templates",
-           "write_shards", "TarShards", "Table", "ColumnError", "parse_separator", "DataSpec", "parse_spec", "open_synthetic",
+           "write_shards", "TarShards", "Table", "ColumnError", "parse_separator", "DataSpec", "parse_spec",
+           "open_synthetic",
            "shard_paths", "tar_members", "decode_sample", "read_folder", "read_image", "read_mask"]
