@@ -275,3 +275,17 @@ def test_the_plan_is_fixed_by_the_input_and_the_shard_size(tmp_path):
 def test_cli_refuses_data_with_image_paths(tmp_path, capsys):
     assert main(["embed", "x.png", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_a_table_and_its_images_by_url(tmp_path, model):
+    pytest.importorskip("fsspec")
+    paths = _photos(tmp_path, 3, corrupt=())
+    cells = [f"file://{paths[0]}", str(paths[1]), f"file://{tmp_path}/gone.png", f"file://{paths[2]}"]
+    (tmp_path / "t.csv").write_text("image\n" + "".join(c + "\n" for c in cells), encoding="utf-8")
+    stats = embed_collection(model, f"file://{tmp_path}/t.csv", tmp_path / "out", workers=0, progress=False)
+    assert stats["embedded"] == 3 and stats["skipped"] == 1
+    img, meta = _rows(tmp_path / "out")
+    assert [r["image_path"] for r in meta] == [cells[0], cells[1], cells[3]]
+    with torch.no_grad():
+        expected = model.encode_image([str(p) for p in paths], normalize=True).numpy()
+    np.testing.assert_allclose(img.astype(np.float32), expected, atol=FP16, rtol=0)

@@ -3,7 +3,8 @@
 A table has a header row, then one sample per row:
 
 - the image column: the one named by the caller, else the one column named ``image``,
-  ``filepath``, ``path`` or ``file``; relative paths are relative to the table's folder;
+  ``filepath``, ``path`` or ``file``; relative paths are relative to the table's folder, URLs
+  (``scheme://...``) are kept as written;
 - the caption column: the one named by the caller, else the one named ``caption``, ``title``
   or ``text``, if any (each non-empty line of a cell is a caption: ``record.caption_list``);
 - optional ``label`` (a class name) and ``mask`` (the path of an 8-bit label PNG) columns.
@@ -104,7 +105,8 @@ class Table:
             meta["label_name"] = self._labels[i]
         mask = str(root / self._masks[i]) if self._masks and self._masks[i] else None
         captions = caption_list(self._captions[i]) if self._captions is not None else []
-        return Sample(str(root / self._images[i]), captions, mask, meta)
+        image = self._images[i]
+        return Sample(image if "://" in image else str(root / image), captions, mask, meta)
 
     def __repr__(self) -> str:
         return f"Table({str(self.path)!r}, {len(self)} rows)"

@@ -33,7 +33,7 @@ from ..errors import InputError
 from ..images import open_image
 from ..tokenizer import get_tokenizer
 from ..transforms import preprocess
-from .inputs import Collection, open_collection, open_shard
+from .inputs import Collection, open_collection, open_shard, read_bytes
 from .output import FORMAT, OutputFolder, default_metadata_format
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -250,7 +250,7 @@ class Batches(IterableDataset):
         batch = _Batch(self, task)
         for i in range(task.start, task.stop):
             item = self.collection.item(i)
-            batch.add(lambda: open_image(item.image), item.image, item.key, item.caption)
+            batch.add(lambda: _file_image(item.image), item.image, item.key, item.caption)
         return batch.done(last=True)
 
     def _shard(self, task: Task) -> Iterator[dict]:
@@ -297,6 +297,10 @@ class _Batch:
         pixels = torch.stack(self.pixels) if self.pixels else torch.zeros(0, 3, size, size)
         return {"part": self.task.part, "seq": self.task.seq, "last": last, "pixels": pixels, "tokens": tokens,
                 "meta": self.meta, "skipped": self.skipped}
+
+
+def _file_image(path: str):
+    return open_image(read_bytes(path), path) if "://" in path else open_image(path)
 
 
 def _tar_image(key: str, members: dict):

@@ -3,7 +3,8 @@
 - a folder: every image under it (any depth; suffixes of ``maskclip.datasets.folder``), in
   sorted order of the path relative to the folder, which is the row's key;
 - a ``.csv`` / ``.tsv`` table (``maskclip.datasets.table``: the image column, and the caption
-  column if there is one, found by the table's rule unless named); the key is the row index;
+  column if there is one, found by the table's rule unless named); the key is the row index.
+  The table, and any image cell, may be a URL read with ``fsspec``;
 - tar shards in the webdataset / img2dataset layout (``maskclip.datasets.spec``: files, globs,
   ``{a..b}`` ranges, a manifest, a folder of ``.tar``), or URLs of shards (``s3://``, ``https://``,
   brace ranges allowed) read with ``fsspec`` when it is installed; the key is the sample's key.
@@ -20,7 +21,7 @@ from typing import List, NamedTuple, Optional
 
 from ..datasets import Table, parse_spec
 from ..datasets.folder import IMAGE_SUFFIXES
-from ..datasets.spec import TAR_SUFFIXES, expand_braces
+from ..datasets.spec import TABLE_SUFFIXES, TAR_SUFFIXES, expand_braces
 from ..datasets.table import CAPTION_COLUMNS
 from ..errors import InputError
 
@@ -69,9 +70,10 @@ def open_collection(spec: str, shard_size: int = 10000, image_column: Optional[s
     """A ``--data`` spec -> its ``Collection``; ``InputError`` if it names nothing to embed."""
     if not isinstance(shard_size, int) or shard_size < 1:
         raise InputError(f"shard_size must be a positive number of rows; got {shard_size!r}")
-    if "://" in str(spec):
+    if "://" in str(spec) and not str(spec).lower().endswith(TABLE_SUFFIXES):
         return _remote_shards(str(spec))
-    parsed = parse_spec(spec)
+    local = _local_copy(str(spec)) if "://" in str(spec) else spec
+    parsed = parse_spec(local)
     if parsed.kind == "synthetic":
         raise InputError(f"embed reads image files; {spec!r} is the generated benchmark (write it to shards first: "
                          "maskclip data synth)")
@@ -80,7 +82,7 @@ def open_collection(spec: str, shard_size: int = 10000, image_column: Optional[s
         return Collection(parsed.name, parts, True)
     if parsed.kind == "table":
         rows = _TableRows(Table(parsed.paths[0], image_column, caption_column, separator), caption_column)
-        return Collection(parsed.name, _ranges(len(rows.table), shard_size), rows.captions, rows)
+        return Collection(str(spec), _ranges(len(rows.table), shard_size), rows.captions, rows)
     rows = _FolderRows(parsed.paths[0])
     return Collection(parsed.name, _ranges(len(rows.files), shard_size), False, rows)
 
@@ -122,24 +124,45 @@ def _image_files(root: Path) -> List[Path]:
 
 def _remote_shards(spec: str) -> Collection:
     """Tar shards named by URL (``fsspec``), brace ranges expanded; not checked before they are read."""
-    try:
-        import fsspec  # noqa: F401
-    except ImportError:
-        raise InputError(f"reading {spec!r} needs fsspec (pip install fsspec, and s3fs / gcsfs for those "
-                         "stores)") from None
+    _fsspec(spec)
     urls = expand_braces(spec)
     if not all(u.lower().endswith(TAR_SUFFIXES) for u in urls):
         raise InputError(f"a URL given to embed must name tar shards (.tar, .tgz, .tar.gz); got {spec!r}")
     return Collection(spec, [Part(i, shard=u) for i, u in enumerate(urls)], True)
 
 
+def _fsspec(spec: str):
+    try:
+        import fsspec
+    except ImportError:
+        raise InputError(f"reading {spec!r} needs fsspec (pip install fsspec, and s3fs / gcsfs for those "
+                         "stores)") from None
+    return fsspec
+
+
+def _local_copy(url: str) -> Path:
+    """A table named by URL, copied to a temp file (the rows' relative paths then resolve against the copy's
+    folder, so such a table should hold URLs or absolute paths)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="maskclip-table-"))
+    target = folder / url.rstrip("/").rsplit("/", 1)[-1]
+    with _fsspec(url).open(url, "rb") as src:
+        target.write_bytes(src.read())
+    return target
+
+
+def read_bytes(url: str) -> bytes:
+    """The bytes of a file named by URL (an image cell of a table), through fsspec."""
+    with _fsspec(url).open(url, "rb") as f:
+        return f.read()
+
+
 def open_shard(shard: str):
     """A tar shard to read as a stream: its path, or for a URL a file object ``fsspec`` opened."""
     if "://" not in shard:
         return shard
-    import fsspec
-
-    return fsspec.open(shard, "rb").open()
+    return _fsspec(shard).open(shard, "rb").open()
 
 
 def width(parts: int) -> int:
