@@ -75,8 +75,14 @@ def cmd_classify(args) -> None:
 def cmd_embed(args) -> None:
     import torch
 
+    if args.data:
+        if args.images or args.text:
+            raise CLIError("give either --data SPEC (a whole collection) or image paths / --text, not both")
+        cmd_embed_collection(args)
+        return
     if bool(args.images) == bool(args.text):
-        raise CLIError("give either image paths or --text TEXT ... (not both, not neither)")
+        raise CLIError("give either image paths or --text TEXT ... (not both, not neither), "
+                       "or --data SPEC for a whole collection")
     out = Path(args.out)
     if out.suffix not in (".safetensors", ".npy"):
         raise CLIError(f"--out must end in .safetensors or .npy; got {out.name!r}")
@@ -91,6 +97,28 @@ def cmd_embed(args) -> None:
     emb = torch.cat(chunks)
     _write_embeddings(out, emb, items, "image" if args.images else "text", model.config.name)
     print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {out}")
+
+
+def cmd_embed_collection(args) -> None:
+    from .embed import embed_collection
+
+    device = args.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    import maskclip
+
+    model = maskclip.load(args.model, device=device)
+    stats = embed_collection(model, args.data, args.out, shard_size=args.shard_size, batch_size=args.batch_size,
+                             workers=args.workers, text=False if args.no_text else None, dense=args.dense,
+                             dense_method=args.dense_method, dtype=args.dtype, metadata_format=args.metadata_format,
+                             image_column=args.csv_image_key, caption_column=args.csv_caption_key,
+                             separator=args.csv_separator, progress=not args.no_progress, model_name=args.model)
+    if int(os.environ.get("RANK", "0")) == 0:
+        run = stats["this_run"]
+        reasons = f", by reason {json.dumps(stats['skipped_by_reason'])}" if stats["skipped"] else ""
+        print(f"embedded {stats['embedded']} inputs into {stats['parts']} shards in {args.out} "
+              f"({stats['skipped']} skipped{reasons}); this run: {run['parts_written']} shards written, "
+              f"{run['parts_already_done']} already done, {run['images_per_second']} images/s")
 
 
 def _write_embeddings(out: Path, emb, items: List[str], kind: str, model_name: Optional[str]) -> None:
@@ -208,13 +236,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_classify)
 
-    sp = sub.add_parser("embed", help="write image or text embeddings to .safetensors or .npy")
+    sp = sub.add_parser("embed", help="write image or text embeddings to .safetensors or .npy, or a whole "
+                                      "collection (--data) to numbered shards",
+                        description="maskclip embed IMAGE ... --out FILE, or, for a whole collection (many "
+                                    "processes under torchrun --no-python maskclip embed ...; a rerun resumes), "
+                                    "maskclip embed --data SPEC --out DIR")
     sp.add_argument("images", nargs="*", metavar="IMAGE")
     sp.add_argument("--text", nargs="+", metavar="TEXT", help="embed these texts instead of images")
-    sp.add_argument("--out", required=True, help="output file, .safetensors or .npy")
-    sp.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    sp.add_argument("--out", required=True, help="output file, .safetensors or .npy (with --data: a folder)")
+    sp.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings (always, with --data)")
     sp.add_argument("--batch-size", type=int, default=32)
     model_args(sp)
+    group = sp.add_argument_group("whole collections (--data)")
+    group.add_argument("--data", metavar="SPEC",
+                       help="a folder of images, a .csv/.tsv, tar shards (paths, globs, {a..b}) or their URLs "
+                            "(with fsspec): writes DIR/img_emb/img_emb_N.npy, text_emb/, metadata/, stats.json")
+    group.add_argument("--shard-size", type=int, default=10000, help="rows per output shard (default 10000; "
+                                                                      "tar input: one output shard per tar)")
+    group.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                       help="decoding processes per rank (default min(4, CPUs))")
+    group.add_argument("--no-text", action="store_true", help="do not embed the captions")
+    group.add_argument("--dense", action="store_true", help="also write patch features, DIR/dense_emb/")
+    group.add_argument("--dense-method", default="clearclip", type=dense.canonical_name, choices=dense.METHODS)
+    group.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    group.add_argument("--metadata-format", choices=["parquet", "jsonl"],
+                       help="default parquet when pyarrow is installed, else jsonl")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    from .datasets.cli import add_csv_arguments
+
+    add_csv_arguments(group)
     sp.set_defaults(func=cmd_embed)
 
     sp = sub.add_parser("segment", help="zero-shot segmentation; writes a coloured overlay with a legend")

@@ -61,7 +61,7 @@ def _layer(module: str) -> int:
         return 0
     if top == "datasets":
         return 2
-    if top == "eval":
+    if top in ("eval", "embed"):  # collection embedding sits beside evaluation, above the datasets
         return 3
     if top == "train":
         return 4

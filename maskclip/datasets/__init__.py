@@ -15,10 +15,11 @@ from .folder import read_folder
 from .record import Sample, read_image, read_mask
 from .spec import DataSpec, open_synthetic, parse_spec, shard_paths
 from .synthetic import SEGMENTATION_CLASSES, SHAPES, SyntheticShapes, classnames, templates
-from .table import ColumnError, Table
+from .table import ColumnError, Table, parse_separator
 from .tar import TarShards, decode_sample, tar_members
 from .writer import write_shards
 
 __all__ = ["SyntheticShapes", "Sample", "SHAPES", "SEGMENTATION_CLASSES", "classnames", "templates",
-           "write_shards", "TarShards", "Table", "ColumnError", "DataSpec", "parse_spec", "open_synthetic",
+           "write_shards", "TarShards", "Table", "ColumnError", "parse_separator", "DataSpec", "parse_spec",
+           "open_synthetic",
            "shard_paths", "tar_members", "decode_sample", "read_folder", "read_image", "read_mask"]

@@ -1,9 +1,11 @@
-"""``maskclip data synth``: write the synthetic shapes benchmark as tar shards."""
+"""``maskclip data synth`` (write the synthetic shapes benchmark as tar shards), and the flags every
+command reading a CSV/TSV shares."""
 from __future__ import annotations
 
 import argparse
 
 from .synthetic import LABELS, SPLITS
+from .table import parse_separator
 
 
 def add_data_parser(sub) -> None:
@@ -33,3 +35,13 @@ def cmd_synth(args) -> None:
                          label=args.label)
     manifest = write_shards(ds, args.out, shards=args.shards, image_format=args.format, progress=True)
     print(f"wrote {len(ds)} samples of {ds!r} to {manifest.parent} (manifest {manifest.name})")
+
+
+def add_csv_arguments(p: argparse.ArgumentParser) -> None:
+    """open_clip's flags for a CSV/TSV's columns and separator (unset: found by name, sniffed)."""
+    p.add_argument("--csv-img-key", dest="csv_image_key", metavar="COLUMN",
+                   help="a CSV's image-path column (default: the one named image, filepath, path or file)")
+    p.add_argument("--csv-caption-key", dest="csv_caption_key", metavar="COLUMN",
+                   help="a CSV's caption column (default: the one named caption, title or text)")
+    p.add_argument("--csv-separator", dest="csv_separator", type=parse_separator, metavar="SEP",
+                   help="a CSV's separator, e.g. ',' or '\\t' (default: sniffed from the header)")

@@ -3,7 +3,8 @@
 A table has a header row, then one sample per row:
 
 - the image column: the one named by the caller, else the one column named ``image``,
-  ``filepath``, ``path`` or ``file``; relative paths are relative to the table's folder;
+  ``filepath``, ``path`` or ``file``; relative paths are relative to the table's folder, URLs
+  (``scheme://...``) are kept as written;
 - the caption column: the one named by the caller, else the one named ``caption``, ``title``
   or ``text``, if any (each non-empty line of a cell is a caption: ``record.caption_list``);
 - optional ``label`` (a class name) and ``mask`` (the path of an 8-bit label PNG) columns.
@@ -11,9 +12,10 @@ A table has a header row, then one sample per row:
 A named column that is missing, no candidate column, or two candidates (``image`` and
 ``path``, ``caption`` and ``title``) raise ``ColumnError`` (an ``InputError``) naming the
 columns the table has.
-Column names and cells are read with surrounding spaces stripped. The separator is a tab for
-``.tsv`` / ``.tab`` files and for any table whose header line has more tabs than commas
-(open_clip's ``.csv`` files are tab-separated), else a comma.
+Column names and cells are read with surrounding spaces stripped. The separator is the one
+given (open_clip's ``--csv-separator``), else sniffed: a tab for ``.tsv`` / ``.tab`` files and
+for any table whose header line has more tabs than commas (open_clip's ``.csv`` files are
+tab-separated), else a comma.
 """
 from __future__ import annotations
 
@@ -26,6 +28,14 @@ from .record import Sample, caption_list
 
 IMAGE_COLUMNS = ("image", "filepath", "path", "file")
 CAPTION_COLUMNS = ("caption", "title", "text")
+
+
+def parse_separator(text: str) -> str:
+    """A separator as typed on a command line -> the character: ``\\t`` and ``tab`` are a tab."""
+    separator = {"\\t": "\t", "tab": "\t"}.get(text, text)
+    if len(separator) != 1:
+        raise InputError(f"a table separator must be one character (e.g. ',' or '\\t'); got {text!r}")
+    return separator
 
 
 class ColumnError(InputError):
@@ -41,14 +51,16 @@ class Table:
     so a table of millions of rows costs little more memory than its text.
     """
 
-    def __init__(self, path, image_column: Optional[str] = None, caption_column: Optional[str] = None):
+    def __init__(self, path, image_column: Optional[str] = None, caption_column: Optional[str] = None,
+                 separator: Optional[str] = None):
         self.path = Path(path)
+        if separator is not None and len(separator) != 1:
+            raise InputError(f"a table separator must be one character (e.g. ',' or a tab); got {separator!r}")
         try:
             with open(self.path, newline="", encoding="utf-8-sig") as f:
                 header = f.readline()
                 f.seek(0)
-                tabs = self.path.suffix.lower() in (".tsv", ".tab") or header.count("\t") > header.count(",")
-                reader = csv.reader(f, delimiter="\t" if tabs else ",", skipinitialspace=True)
+                reader = csv.reader(f, delimiter=separator or self._sniff(header), skipinitialspace=True)
                 self.columns = [c.strip() for c in next(reader, [])]
                 roles = self._roles(image_column, caption_column)
                 cells = {role: [] for role in roles}
@@ -64,6 +76,10 @@ class Table:
             raise InputError(f"{str(self.path)!r} has no rows")
         self._images = cells["image"]
         self._captions, self._labels, self._masks = (cells.get(r) for r in ("caption", "label", "mask"))
+
+    def _sniff(self, header: str) -> str:
+        tabs = self.path.suffix.lower() in (".tsv", ".tab") or header.count("\t") > header.count(",")
+        return "\t" if tabs else ","
 
     def _roles(self, image_column: Optional[str], caption_column: Optional[str]) -> Dict[str, int]:
         """{"image", and whichever of "caption", "label", "mask" the table has: the column's index}."""
@@ -89,7 +105,8 @@ class Table:
             meta["label_name"] = self._labels[i]
         mask = str(root / self._masks[i]) if self._masks and self._masks[i] else None
         captions = caption_list(self._captions[i]) if self._captions is not None else []
-        return Sample(str(root / self._images[i]), captions, mask, meta)
+        image = self._images[i]
+        return Sample(image if "://" in image else str(root / image), captions, mask, meta)
 
     def __repr__(self) -> str:
         return f"Table({str(self.path)!r}, {len(self)} rows)"

@@ -34,12 +34,13 @@ def tar_members(path, keep_partial: bool = False) -> Iterator[Tuple[str, Dict[st
     """``(key, {extension: bytes})`` per sample of a tar shard, read as a stream: consecutive members
     sharing a key (the file name up to its first dot) form one sample (the webdataset convention).
 
+    ``path``: a file's path, or a binary file object read from its start (e.g. one ``fsspec`` opened).
     A truncated or corrupt shard raises its error after the samples read so far; the sample it cut
     off is yielded first only with ``keep_partial``.
     """
     key, members = None, {}
     try:
-        with tarfile.open(path, "r|*") as tar:
+        with (tarfile.open(fileobj=path, mode="r|*") if hasattr(path, "read") else tarfile.open(path, "r|*")) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -64,15 +65,9 @@ def decode_sample(key: str, members: Dict[str, bytes]) -> Sample:
     ``ValueError`` if they do not make one: no image, an undecodable image or mask, a ``.json``
     that is not an object, captions that are not strings, a mask of another size than the image.
     """
-    ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
-    if ext is None:
-        raise ValueError(f"no image member (one of {', '.join(IMAGE_EXTENSIONS)}) among {sorted(members)}")
+    ext = image_member(members)
     image = read_image(members[ext], f"{key}.{ext}")
-    meta = json.loads(members["json"]) if "json" in members else {}
-    if not isinstance(meta, dict):
-        raise ValueError("the .json member is not an object")
-    found = meta.pop("captions", None) or meta.get("caption") or members.get("txt", b"").decode("utf-8", "replace")
-    captions = caption_list(found, f"the captions of {key}")
+    captions, meta = sample_captions(key, members)
     mask = None
     if "mask.png" in members:
         mask = read_mask(members["mask.png"], f"{key}.mask.png")
@@ -80,6 +75,27 @@ def decode_sample(key: str, members: Dict[str, bytes]) -> Sample:
             raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.width}x{image.height}")
     meta.setdefault("key", key)
     return Sample(image, captions, mask, meta)
+
+
+def image_member(members: Dict[str, bytes]) -> str:
+    """The extension of a sample's image member (the first of ``IMAGE_EXTENSIONS`` present); ``ValueError`` if none."""
+    ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
+    if ext is None:
+        raise ValueError(f"no image member (one of {', '.join(IMAGE_EXTENSIONS)}) among {sorted(members)}")
+    return ext
+
+
+def sample_captions(key: str, members: Dict[str, bytes]) -> Tuple[list, dict]:
+    """(captions, the ``.json`` object without its ``"captions"``) of one sample's members.
+
+    The ``.json``'s ``"captions"`` or ``"caption"``, when present and not empty, else the ``.txt``;
+    ``ValueError`` for a ``.json`` that is not an object or captions that are not strings.
+    """
+    meta = json.loads(members["json"]) if "json" in members else {}
+    if not isinstance(meta, dict):
+        raise ValueError("the .json member is not an object")
+    found = meta.pop("captions", None) or meta.get("caption") or members.get("txt", b"").decode("utf-8", "replace")
+    return caption_list(found, f"the captions of {key}"), meta
 
 
 class TarShards(IterableDataset):

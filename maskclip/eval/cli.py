@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from ..datasets.cli import add_csv_arguments
 from ..dense import ALIASES, METHODS, canonical_name
 from ..refine import REFINEMENTS
 from ..resources import read_json
@@ -22,6 +23,7 @@ def add_eval_parser(sub, model_args: Callable[[argparse.ArgumentParser], None]) 
 
     def common(sp):
         model_args(sp)
+        add_csv_arguments(sp)
         sp.add_argument("--out", help="write the results JSON here (default: print it)")
         sp.add_argument("--batch-size", type=int, default=64)
         sp.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
@@ -74,7 +76,6 @@ def add_eval_parser(sub, model_args: Callable[[argparse.ArgumentParser], None]) 
     common(sp)
     sp.set_defaults(func=cmd_segmentation)
 
-
     sp = tasks.add_parser("segmentation-probe", help="linear segmentation probe: a 1x1 linear head on frozen patch "
                                                      "features, trained on the train split, mIoU on val")
     source = sp.add_mutually_exclusive_group(required=True)
@@ -96,6 +97,17 @@ def add_eval_parser(sub, model_args: Callable[[argparse.ArgumentParser], None]) 
     sp.set_defaults(func=cmd_segmentation_probe)
 
 
+def _data(args, spec: str, classnames: Optional[List[str]] = None):
+    """``spec`` as given, or, for a CSV/TSV, the ``EvalSet`` read with the --csv-* flags."""
+    from ..datasets import parse_spec
+    from .datasets import open_dataset
+
+    if parse_spec(spec).kind != "table":
+        return spec
+    return open_dataset(spec, classnames, image_column=args.csv_image_key, caption_column=args.csv_caption_key,
+                        separator=args.csv_separator)
+
+
 def _load(args):
     import maskclip
 
@@ -112,7 +124,8 @@ def cmd_zeroshot(args) -> None:
     from . import zero_shot_classification
 
     model = _load(args)
-    r = zero_shot_classification(model, args.data, _classnames(args.classnames_file), args.templates,
+    classnames = _classnames(args.classnames_file)
+    r = zero_shot_classification(model, _data(args, args.data, classnames), classnames, args.templates,
                                  args.batch_size, progress=not args.no_progress)
     _report(args, r, [f"top1 {r['top1']:.4f}", f"top5 {r.get('top5', float('nan')):.4f}",
                       f"mean per-class recall {r['mean_per_class_recall']:.4f}", f"n {r['n']}"])
@@ -121,7 +134,7 @@ def cmd_zeroshot(args) -> None:
 def cmd_retrieval(args) -> None:
     from . import image_text_retrieval
 
-    r = image_text_retrieval(_load(args), args.data, args.batch_size, progress=not args.no_progress)
+    r = image_text_retrieval(_load(args), _data(args, args.data), args.batch_size, progress=not args.no_progress)
     lines = [f"{d} R@1/5/10 " + " ".join(f"{r[f'{d}_R@{k}']:.4f}" for k in (1, 5, 10))
              for d in ("image_to_text", "text_to_image")]
     _report(args, r, lines + [f"{r['n_images']} images, {r['n_texts']} texts"])
@@ -131,7 +144,8 @@ def cmd_linear_probe(args) -> None:
     from . import linear_probe_classification
     from .linear_probe import WEIGHT_DECAYS
 
-    r = linear_probe_classification(_load(args), args.train, args.test, args.val,
+    r = linear_probe_classification(_load(args), _data(args, args.train), _data(args, args.test),
+                                    args.val and _data(args, args.val),
                                     args.weight_decays or WEIGHT_DECAYS, args.max_iter, args.seed,
                                     args.batch_size, progress=not args.no_progress)
     _report(args, r, [f"top1 {r['top1']:.4f}", f"mean per-class recall {r['mean_per_class_recall']:.4f}",
@@ -145,7 +159,7 @@ def cmd_segmentation(args) -> None:
     from . import zero_shot_segmentation
 
     _refuse(args, "--data", ("root", "data_root", "method", "refine", "variant", "limit"))
-    r = zero_shot_segmentation(_load(args), args.data, args.methods, _classnames(args.classnames_file),
+    r = zero_shot_segmentation(_load(args), _data(args, args.data), args.methods, _classnames(args.classnames_file),
                                args.templates, args.size, args.window, args.stride, progress=not args.no_progress)
     lines = []
     for method, res in r["methods"].items():

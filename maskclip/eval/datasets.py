@@ -97,12 +97,13 @@ class EvalSet:
 def open_dataset(spec, classnames: Optional[Sequence[str]] = None,
                  segmentation_classes: Optional[Sequence[str]] = None,
                  default_size: int = DEFAULT_SYNTHETIC_SIZE, image_column: Optional[str] = None,
-                 caption_column: Optional[str] = None) -> EvalSet:
+                 caption_column: Optional[str] = None, separator: Optional[str] = None) -> EvalSet:
     """A data spec (see the module doc) -> ``EvalSet``; an ``EvalSet`` is returned as is.
 
     ``classnames`` / ``segmentation_classes`` replace the source's vocabularies (same order as
     the label indices). ``default_size``: image size of ``synthetic:`` sets without ``size=``.
-    ``image_column`` / ``caption_column``: a CSV's columns, when not found by their names.
+    ``image_column`` / ``caption_column``: a CSV's columns, when not found by their names;
+    ``separator``: its separator, when not sniffed (open_clip's ``--csv-separator``).
     """
     if isinstance(spec, EvalSet):
         return _override(spec, classnames, segmentation_classes)
@@ -110,7 +111,7 @@ def open_dataset(spec, classnames: Optional[Sequence[str]] = None,
     if parsed.kind == "synthetic":
         ds = _synthetic(parsed, default_size)
     elif parsed.kind == "table":
-        ds = _table(parsed, classnames, image_column, caption_column)
+        ds = _table(parsed, classnames, image_column, caption_column, separator)
     elif parsed.kind == "shards":
         ds = _shards(parsed)
     else:
@@ -152,9 +153,9 @@ def _folder(spec: DataSpec) -> EvalSet:
     return EvalSet(spec.name, len(records), records.__getitem__, classnames)
 
 
-def _table(spec: DataSpec, classnames, image_column, caption_column) -> EvalSet:
+def _table(spec: DataSpec, classnames, image_column, caption_column, separator) -> EvalSet:
     """One record per image: rows repeating an image add their captions (and must agree on its label)."""
-    table = Table(spec.paths[0], image_column, caption_column)
+    table = Table(spec.paths[0], image_column, caption_column, separator)
     items = {}
     for s in (table[i] for i in range(len(table))):
         label = s.meta.get("label_name")

@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ..datasets.cli import add_csv_arguments
 from ..errors import ConfigError
 from .config import PRECISIONS, RECIPES, TrainConfig, load_presets, parse_override
 
 # Flags that set the config field of the same name.
 _SHORTCUTS = ("data", "steps", "epochs", "batch_size", "lr", "workers", "precision", "seed", "samples_per_epoch",
-              "distributed", "eval_every", "eval_data", "ckpt_every", "accum_steps")
+              "distributed", "eval_every", "eval_data", "ckpt_every", "accum_steps", "csv_image_key", "csv_caption_key",
+              "csv_separator")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder: config, metrics.jsonl, checkpoints/, model/")
     p.add_argument("--data", nargs="+", metavar="DATA",
                    help="tar shards (paths, globs, {000..099} ranges), a CSV/TSV, or synthetic:train")
+    add_csv_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest complete checkpoint")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="stop this invocation after N steps, with a checkpoint (for time-limited jobs)")

@@ -118,8 +118,11 @@ class TrainConfig:
     # data
     data: List[str] = field(default_factory=list)  # tar shards (globs or {a..b}), a CSV/TSV, or "synthetic:train"
     samples_per_epoch: int = 0  # 0: the dataset's size (known for CSV and synthetic; required for shards)
-    csv_image_key: str = "image"
-    csv_caption_key: str = "caption"
+    # a CSV's columns and separator ("": the one column named image/filepath/..., caption/title/...;
+    # the separator sniffed), as open_clip's --csv-img-key / --csv-caption-key / --csv-separator
+    csv_image_key: str = ""
+    csv_caption_key: str = ""
+    csv_separator: str = ""
     crop_scale: Tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop of the contrastive view (SLIP)
     workers: int = 2
     # schedule

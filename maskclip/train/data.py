@@ -91,11 +91,14 @@ class IndexedSource:
                 yield functools.partial(self.record, i)
 
 
-def open_source(specs: Sequence[str], csv_image_key: str = "image", csv_caption_key: str = "caption"):
+def open_source(specs: Sequence[str], csv_image_key: Optional[str] = "image",
+                csv_caption_key: Optional[str] = "caption", csv_separator: Optional[str] = None):
     """The source a ``TrainConfig.data`` list names: tar shards, one CSV/TSV, or ``synthetic:<split>``.
 
-    A CSV's columns are the ones named (``csv_image_key``, ``csv_caption_key``), by the rule of
-    ``maskclip.datasets.table``.
+    A CSV's columns follow the rule of ``maskclip.datasets.table``: a column named here
+    (``csv_image_key``, ``csv_caption_key``) must exist; one left ``None`` or ``""`` is the one
+    column with a known name (``image``/``filepath``/..., ``caption``/``title``/...). The
+    separator is ``csv_separator``, else sniffed. ``TrainConfig`` leaves all three unset.
     """
     if not specs:
         raise InputError("no training data given: pass tar shards, a CSV/TSV file, or synthetic:train")
@@ -105,9 +108,9 @@ def open_source(specs: Sequence[str], csv_image_key: str = "image", csv_caption_
         return IndexedSource(len(ds), ds.__getitem__)
     if spec.kind == "table":
         try:
-            table = Table(spec.paths[0], csv_image_key, csv_caption_key)
+            table = Table(spec.paths[0], csv_image_key or None, csv_caption_key or None, csv_separator or None)
         except ColumnError as e:
-            raise ColumnError(f"{e} (set csv_image_key / csv_caption_key)") from None
+            raise ColumnError(f"{e} (set csv_image_key / csv_caption_key: --csv-img-key / --csv-caption-key)") from None
         return IndexedSource(len(table), table.__getitem__)
     if spec.kind == "shards":
         return ShardSource(spec.paths)
