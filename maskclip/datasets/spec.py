@@ -3,8 +3,10 @@
 
 A spec is one of:
 
-- ``synthetic:SPLIT[,n=N][,size=S|HxW][,seed=K][,label=shape|colour_shape]``: the generated
-  benchmark (``maskclip.datasets.synthetic``);
+- ``synthetic:SPLIT[,n=N][,size=S|HxW][,seed=K][,label=shape|colour_shape][,version=V]
+  [,colour_free=F][,size_scale=X][,objects=A-B]``: the generated benchmark
+  (``maskclip.datasets.synthetic``; ``version`` picks a generator setting, the last three
+  replace single values of it);
 - a ``.csv`` / ``.tsv`` / ``.tab`` file: a table of image paths (``maskclip.datasets.table``);
 - tar shards (``maskclip.datasets.tar``): a ``.tar`` (``.tgz``, ``.tar.gz``) file, a glob
   (``data/*.tar``), a brace range (``data/{00000..00099}.tar``, zero padding kept), a shard
@@ -162,17 +164,24 @@ def expand_braces(pattern: str) -> List[str]:
 # --- synthetic: -----------------------------------------------------------------------------------
 
 
+SYNTHETIC_OPTIONS = ("n", "size", "seed", "label", "version", "colour_free", "size_scale", "objects")
+
+
 def synthetic_options(spec: str) -> dict:
-    """``"synthetic:SPLIT[,n=N][,size=S|HxW][,seed=K][,label=NAME]"`` -> ``SyntheticShapes`` keyword arguments."""
+    """``"synthetic:SPLIT[,n=N][,size=S|HxW][,seed=K][,label=NAME][,version=V][,colour_free=F][,size_scale=X]
+    [,objects=A-B]"`` -> ``SyntheticShapes`` keyword arguments."""
     if not isinstance(spec, str) or not spec.startswith(SYNTHETIC):
-        raise InputError(f"expected 'synthetic:SPLIT[,n=N,size=S,seed=K,label=NAME]'; got {spec!r}")
+        raise InputError(f"expected 'synthetic:SPLIT[,n=N,size=S,seed=K,label=NAME,version=V]'; got {spec!r}")
     split, *options = spec[len(SYNTHETIC):].split(",")
     kwargs = {"split": split}
     for option in options:
         key, sep, value = option.partition("=")
-        if not sep or key not in ("n", "size", "seed", "label"):
-            raise InputError(f"bad option {option!r} in {spec!r}; expected n=N, size=S or HxW, seed=K, label=NAME")
-        kwargs[key] = {"label": str, "size": parse_size}.get(key, _parse_int)(value)
+        if not sep or key not in SYNTHETIC_OPTIONS:
+            raise InputError(f"bad option {option!r} in {spec!r}; expected n=N, size=S or HxW, seed=K, label=NAME, "
+                             "version=V, colour_free=F, size_scale=X or objects=A-B")
+        parse = {"label": str, "size": parse_size, "colour_free": _parse_float, "size_scale": _parse_float,
+                 "objects": _parse_range}.get(key, _parse_int)
+        kwargs[key] = parse(value)
     return kwargs
 
 
@@ -186,6 +195,19 @@ def _parse_int(text: str) -> int:
         return int(text)
     except ValueError:
         raise InputError(f"expected an integer in a synthetic: option; got {text!r}") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"expected a number in a synthetic: option; got {text!r}") from None
+
+
+def _parse_range(text: str) -> Tuple[int, int]:
+    """``"1-2"`` -> (1, 2), ``"2"`` -> (2, 2)."""
+    lo, _, hi = text.partition("-")
+    return _parse_int(lo), _parse_int(hi or lo)
 
 
 def parse_size(text: str) -> Union[int, Tuple[int, int]]:
