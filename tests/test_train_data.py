@@ -158,3 +158,19 @@ def test_synthetic_training_data_is_pooled_at_the_model_size_with_the_same_pixel
     assert source.record(3).image.size == (24, 24)
     assert open_source(["synthetic:train,n=8,size=16"], image_size=24).record(3).image.size == (16, 16)
     assert open_source(["synthetic:train,n=8"]).record(0).image.size == (48, 48)  # no model size given
+
+
+def test_a_pool_cache_is_written_once_and_read_back(tmp_path):
+    from maskclip.datasets import SyntheticShapes
+    from maskclip.train.data import SyntheticPool, pool_digest
+
+    ds = SyntheticShapes("train", size=16, n=12, version=2)
+    first = SyntheticPool(ds, cache=str(tmp_path))
+    files = list(tmp_path.glob("synthetic-*.pt"))
+    assert [f.name for f in files] == [f"synthetic-{pool_digest(ds)}.pt"]
+    again = SyntheticPool(ds, cache=str(tmp_path))
+    assert torch.equal(first.images, again.images) and first.captions == again.captions
+    other = SyntheticShapes("train", size=16, n=12, version=1)
+    assert pool_digest(other) != pool_digest(ds)
+    source = open_source([f"synthetic:train,n=12,size=16,version=2,cache={tmp_path}"])
+    assert source.record(5).captions == ds[5].captions and len(list(tmp_path.glob("*.pt"))) == 1
