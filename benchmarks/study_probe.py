@@ -2,6 +2,7 @@
 
     python benchmarks/study_probe.py --name clip64-v2 --preset shapes64 --steps 5000
     python benchmarks/study_probe.py --name clip64-v2 --preset shapes64 --steps 5000   # again: resumes
+    python benchmarks/study_probe.py --report          # every curve so far, as markdown tables
 
 Every ``--eval-every`` steps the model classifies ``--n-eval`` held-out test images
 (``synthetic:test`` of the same generator version, 1-3 objects with occlusion) zero-shot: the
@@ -73,9 +74,29 @@ class Probe:
         return sum(losses) / len(losses) if losses else float("nan")
 
 
+CURVES = ROOT / "benchmarks" / "results" / "study_probe"
+
+
+def report() -> str:
+    """One markdown table per stored curve: its setting, then step, loss, both top-1s and train time."""
+    out = []
+    for path in sorted(CURVES.glob("*.json")):
+        curve = json.loads(path.read_text())
+        m = curve["meta"]
+        out += [f"**{m['name']}**: preset `{m['preset']}`, recipe {m['recipe']}, data `{m['data']}`, batch "
+                f"{m['batch_size']}, lr {m['lr']}, crops {m['crop_scale'][0]}-{m['crop_scale'][1]}, seed {m['seed']}; "
+                f"evaluated on `{m['test']}`.", "",
+                "| step | loss | 0-shot shape | 0-shot colour+shape | train (s) |", "| --- | --- | --- | --- | --- |"]
+        out += [f"| {q['step']} | {q['loss']:.3f} | {q['zs_shape_top1']:.3f} | {q['zs_colour_shape_top1']:.3f} | "
+                f"{q['train_seconds']:.0f} |" for q in curve["points"]]
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--name", required=True)
+    p.add_argument("--report", action="store_true", help="print the stored curves as markdown and stop")
+    p.add_argument("--name", default="")
     p.add_argument("--preset", default="shapes64")
     p.add_argument("--recipe", default="clip")
     p.add_argument("--data", default="", help="training data spec (default: the preset's)")
@@ -92,6 +113,11 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="extra TrainConfig overrides KEY=JSON")
     p.add_argument("--out", default=str(ROOT / "runs" / "study_probe"))
     args = p.parse_args()
+    if args.report:
+        print(report())
+        return
+    if not args.name:
+        p.error("--name is required to train")
     torch.set_num_threads(args.threads)
 
     from maskclip.train import TrainConfig, train
@@ -122,7 +148,7 @@ def main() -> None:
             "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "crop_scale": list(cfg.crop_scale),
             "seed": cfg.seed, "threads": args.threads, "overrides": {k: v for k, v in overrides.items()},
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
-    probe = Probe(test, size, ROOT / "benchmarks" / "results" / "study_probe" / f"{args.name}.json",
+    probe = Probe(test, size, CURVES / f"{args.name}.json",
                   run / "metrics.jsonl", meta, resumed_at, args.eval_every)
     summary = train(cfg, run, resume=found is not None, eval_fn=probe)
     print(json.dumps({k: v for k, v in summary.items() if k != "out"}), flush=True)
