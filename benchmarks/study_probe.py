@@ -56,7 +56,7 @@ class Probe:
             classifier = model.zero_shot_classifier(self.names[kind], self.templates)
             out[f"zs_{kind}_top1"] = float(((feats @ classifier).argmax(-1) == labels).float().mean())
         self.eval_seconds += time.perf_counter() - t
-        self.step += self.every  # the loop evaluates at every multiple of eval_every
+        self.step = (self.step // self.every + 1) * self.every  # the loop evaluates at multiples of eval_every
         self.points.append({"step": self.step, "loss": self._mean_loss(), **out,
                             "train_seconds": round(time.perf_counter() - self.t0 - self.eval_seconds, 1)})
         self.curve_path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +68,7 @@ class Probe:
 
     def _mean_loss(self) -> float:
         """The mean training loss of the windows logged since the previous point (``metrics.jsonl``)."""
-        since = self.step - self.every
+        since = self.points[-1]["step"] if self.points else 0
         rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
         losses = [r["loss"] for r in rows if "loss" in r and since < r["step"] <= self.step]
         return sum(losses) / len(losses) if losses else float("nan")
