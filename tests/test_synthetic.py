@@ -159,3 +159,72 @@ def test_index_out_of_range_raises_index_error():
     with pytest.raises(IndexError):
         ds[3]
     assert _digest(ds[-1]) == _digest(ds[2])
+
+
+# --- versions: version 1 stays byte for byte, version 2 is the shape study's setting ----------------
+
+VERSION1_DIGESTS = {  # samples 0, 1, 7, 42 of n=50, seed=3, hashed when versions were introduced
+    ("train", 32): "7b4c7c0adf58b63ef004eaf89299ebc6873f4c81c59d90a093890aea0819e230",
+    ("test", 48): "3eee4318e3c15919297b6e0b20d64fc4ad488b2125398d77fc5c8fec2b7f548f",
+    ("val", (32, 48)): "9c24fa578232cab6176bbbb5f787f32898eaccbe39e5949dfeaf5e3a94234693",
+}
+
+
+@pytest.mark.parametrize("split,size", list(VERSION1_DIGESTS))
+def test_version_1_is_the_original_benchmark_byte_for_byte(split, size):
+    for ds in (SyntheticShapes(split, size=size, n=50, seed=3), SyntheticShapes(split, size=size, n=50, seed=3, version=1)):
+        h = hashlib.sha256()
+        for i in (0, 1, 7, 42):
+            s = ds[i]
+            h.update(np.asarray(s.image).tobytes())
+            h.update(s.mask.tobytes())
+            h.update("\n".join(s.captions).encode())
+        assert h.hexdigest() == VERSION1_DIGESTS[(split, size)]
+
+
+def test_version_2_has_colour_free_captions_larger_objects_and_fewer_objects_in_training():
+    v1, v2 = SyntheticShapes("train", size=64, n=80, version=1), SyntheticShapes("train", size=64, n=80, version=2)
+    colours = [w for words in vocabulary()["colour_words"].values() for w in words]
+    def colourless(ds):
+        caps = [c for i in range(len(ds)) for c in ds[i].captions if len(ds.scene(i).objects) == 1]
+        return sum(not any(w in c.split() for w in colours) for c in caps) / len(caps)
+    assert colourless(v1) == 0
+    assert 0.3 < colourless(v2) < 0.7
+    r1 = np.mean([o.radius for i in range(80) for o in v1.scene(i).objects])
+    r2 = np.mean([o.radius for i in range(80) for o in v2.scene(i).objects])
+    assert 1.4 < r2 / r1 < 1.8
+    assert max(len(v2.scene(i).objects) for i in range(80)) == 2
+    test = SyntheticShapes("test", size=64, n=80, version=2)
+    assert max(len(test.scene(i).objects) for i in range(80)) == 3  # the test split keeps occlusion
+    assert any(test.scene(i).overlaps for i in range(80))
+    assert test[0].meta["version"] == 2 and test.key(0) != SyntheticShapes("test", size=64, n=80).key(0)
+
+
+def test_version_2_every_caption_still_names_every_shape():
+    ds = SyntheticShapes("train", size=32, n=40, version=2)
+    for i in range(40):
+        for caption in ds[i].captions:
+            for o in ds.scene(i).objects:
+                assert any(w in caption for w in vocabulary()["shape_words"][o.shape])
+
+
+def test_setting_values_given_replace_the_versions():
+    ds = SyntheticShapes("train", size=32, n=30, version=2, colour_free=0.0, size_scale=1.0, objects=(1, 1))
+    assert ds.setting == {"colour_free": 0.0, "size_scale": 1.0, "object_counts": [1.0, 0.0, 0.0]}
+    assert all(len(ds.scene(i).objects) == 1 for i in range(30))
+
+
+@pytest.mark.parametrize("kwargs", [{"version": 3}, {"version": "2"}, {"colour_free": 1.5}, {"size_scale": 0},
+                                    {"objects": (2, 1)}, {"objects": (0, 2)}, {"objects": 2}])
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(InputError):
+        SyntheticShapes("train", size=32, n=2, **kwargs)
+
+
+def test_a_spec_names_the_version_and_its_settings():
+    from maskclip.datasets import open_synthetic, parse_spec
+
+    ds = open_synthetic(parse_spec("synthetic:train,version=2,colour_free=0.25,size_scale=1.2,objects=1-2"), 32)
+    assert ds.version == 2 and ds.setting == {"colour_free": 0.25, "size_scale": 1.2, "object_counts": [0.5, 0.5, 0.0]}
+    with pytest.raises(InputError):
+        parse_spec("synthetic:train,colour_free=half")

@@ -141,3 +141,36 @@ def test_views_are_normalised_tensors_and_depend_on_the_rng(items):
     c = SimCLRView(PP)(img, random.Random(2))
     assert a.shape == c.shape == (3, 32, 32) and torch.equal(a, b)
     assert a.min() < 0 < a.max()
+
+
+def test_synthetic_training_data_is_pooled_at_the_model_size_with_the_same_pixels():
+    import numpy as np
+    from maskclip.datasets import SyntheticShapes
+    from maskclip.train.data import SyntheticPool
+
+    ds = SyntheticShapes("train", size=24, n=300, version=2)
+    serial, parallel = SyntheticPool(ds), SyntheticPool(ds, workers=2)
+    assert serial.images.shape == (300, 24, 24, 3) and torch.equal(serial.images, parallel.images)
+    for i in (0, 257, 299):
+        assert np.array_equal(np.asarray(parallel[i].image), np.asarray(ds[i].image))
+        assert parallel[i].captions == ds[i].captions == serial[i].captions
+    source = open_source(["synthetic:train,n=8"], image_size=24)
+    assert source.record(3).image.size == (24, 24)
+    assert open_source(["synthetic:train,n=8,size=16"], image_size=24).record(3).image.size == (16, 16)
+    assert open_source(["synthetic:train,n=8"]).record(0).image.size == (48, 48)  # no model size given
+
+
+def test_a_pool_cache_is_written_once_and_read_back(tmp_path):
+    from maskclip.datasets import SyntheticShapes
+    from maskclip.train.data import SyntheticPool, pool_digest
+
+    ds = SyntheticShapes("train", size=16, n=12, version=2)
+    first = SyntheticPool(ds, cache=str(tmp_path))
+    files = list(tmp_path.glob("synthetic-*.pt"))
+    assert [f.name for f in files] == [f"synthetic-{pool_digest(ds)}.pt"]
+    again = SyntheticPool(ds, cache=str(tmp_path))
+    assert torch.equal(first.images, again.images) and first.captions == again.captions
+    other = SyntheticShapes("train", size=16, n=12, version=1)
+    assert pool_digest(other) != pool_digest(ds)
+    source = open_source([f"synthetic:train,n=12,size=16,version=2,cache={tmp_path}"])
+    assert source.record(5).captions == ds[5].captions and len(list(tmp_path.glob("*.pt"))) == 1

@@ -14,21 +14,25 @@ import numpy as np
 from .scene import FRONT, Obj, Scene, vocabulary
 
 
-def captions(scene: Scene, rng: np.random.Generator, count: int) -> List[str]:
-    """``count`` captions of ``scene``; distinct templates while the object count's list lasts."""
+def captions(scene: Scene, rng: np.random.Generator, count: int, colour_free: float = 0.0) -> List[str]:
+    """``count`` captions of ``scene``; distinct templates while the object count's list lasts.
+
+    ``colour_free``: the probability that a noun phrase names no colour ("a big star"); at 0
+    (version 1) no extra random number is drawn, so version 1's captions stay as they were.
+    """
     templates = vocabulary()["captions"][str(len(scene.objects))]
     picks = rng.permutation(len(templates)).tolist()
     while len(picks) < count:
         picks += rng.permutation(len(templates)).tolist()
-    return [_fill(templates[t], scene, rng) for t in picks[:count]]
+    return [_fill(templates[t], scene, rng, colour_free) for t in picks[:count]]
 
 
-def _fill(template: str, scene: Scene, rng) -> str:
+def _fill(template: str, scene: Scene, rng, colour_free: float = 0.0) -> str:
     v = vocabulary()
     order = rng.permutation(len(scene.objects)).tolist()
     words = {"bg": str(rng.choice(v["backgrounds"][scene.background]))}
     for slot, i in zip("abc", order):
-        phrase = noun_phrase(scene.objects[i], rng)
+        phrase = noun_phrase(scene.objects[i], rng, colour=not (colour_free and rng.random() < colour_free))
         words[slot], words[f"the_{slot}"] = f"{_article(phrase)} {phrase}", f"the {phrase}"
     slots = dict(zip("abc", order))
     for first, second in ("ab", "cb"):
@@ -38,10 +42,11 @@ def _fill(template: str, scene: Scene, rng) -> str:
     return template.format(**words)
 
 
-def noun_phrase(obj: Obj, rng) -> str:
-    """"small red circle", "big star in blue", ...: size, colour and shape words of ``obj``."""
+def noun_phrase(obj: Obj, rng, colour: bool = True) -> str:
+    """"small red circle", "big star in blue", ...: size, colour and shape words of ``obj``
+    (``colour=False``: size and shape only, "small circle", "star")."""
     v = vocabulary()
-    pattern = str(rng.choice(v["noun_phrases"]))
+    pattern = str(rng.choice(v["noun_phrases"] if colour else v["colourless_noun_phrases"]))
     return pattern.format(size=str(rng.choice(v["size_words"][obj.size])),
                           colour=str(rng.choice(v["colour_words"][obj.colour])),
                           shape=str(rng.choice(v["shape_words"][obj.shape])))

@@ -20,7 +20,7 @@ from .render import OUTLINE_SCALE, shape_mask
 REFERENCE = 128
 MIN_VISIBLE = 0.45  # every object keeps at least this fraction of its area visible
 OBJECT_COUNTS = (1, 2, 3)
-OBJECT_COUNT_PROBS = (0.3, 0.4, 0.3)
+OBJECT_COUNT_PROBS = (0.3, 0.4, 0.3)  # version 1's, of every split
 PLACEMENT_TRIES = 20
 FRONT = 0.15  # occluding this fraction of another object makes "in front of" the relation
 
@@ -61,17 +61,22 @@ class Scene:
     noise_seed: int
 
 
-def sample_scene(rng: np.random.Generator, aspect: float = 1.0) -> Scene:
-    """A random scene for an image of ``width / height == aspect``."""
+def sample_scene(rng: np.random.Generator, aspect: float = 1.0, counts=OBJECT_COUNT_PROBS,
+                 size_scale: float = 1.0) -> Scene:
+    """A random scene for an image of ``width / height == aspect``.
+
+    ``counts``: probabilities of 1, 2 and 3 objects; ``size_scale`` multiplies every radius
+    (the defaults are version 1's; ``synthetic.json``'s ``settings`` hold each version's).
+    """
     v = vocabulary()
     extent = (aspect, 1.0) if aspect >= 1 else (1.0, 1 / aspect)
     kind = str(rng.choice(list(v["backgrounds"])))
     params = _background_params(rng, kind, extent)
-    n = int(rng.choice(OBJECT_COUNTS, p=OBJECT_COUNT_PROBS))
+    n = int(rng.choice(OBJECT_COUNTS, p=counts))
     ref_h, ref_w = round(REFERENCE * extent[1]), round(REFERENCE * extent[0])
     objects, masks = [], []
     for _ in range(n):
-        placed = _place(rng, masks, extent, ref_h, ref_w)
+        placed = _place(rng, masks, extent, ref_h, ref_w, size_scale)
         if placed is None:
             break
         objects.append(placed[0])
@@ -82,13 +87,13 @@ def sample_scene(rng: np.random.Generator, aspect: float = 1.0) -> Scene:
                  noise=float(rng.uniform(0, 8)), noise_seed=int(rng.integers(2 ** 31)))
 
 
-def _place(rng, masks, extent, ref_h, ref_w):
+def _place(rng, masks, extent, ref_h, ref_w, size_scale: float = 1.0):
     """Draw one object and a position where every object stays ``MIN_VISIBLE`` visible; ``None`` if none found."""
     v = vocabulary()
     shape = str(rng.choice(v["shapes"]))
     colour = str(rng.choice(list(v["colours"])))
     size = str(rng.choice(list(v["sizes"])))
-    radius = float(rng.uniform(*v["sizes"][size]))
+    radius = float(rng.uniform(*v["sizes"][size])) * size_scale
     rgb = _jitter(rng, v["colours"][colour])
     rotation = float(rng.uniform(-180, 180) if shape == "crescent" else rng.uniform(-25, 25))
     stretch = (float(rng.uniform(0.85, 1.15)), float(rng.uniform(0.85, 1.15)))

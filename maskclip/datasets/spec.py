@@ -3,8 +3,11 @@
 
 A spec is one of:
 
-- ``synthetic:SPLIT[,n=N][,size=S|HxW][,seed=K][,label=shape|colour_shape]``: the generated
-  benchmark (``maskclip.datasets.synthetic``);
+- ``synthetic:SPLIT[,n=N][,size=S|HxW][,seed=K][,label=shape|colour_shape][,version=V]
+  [,colour_free=F][,size_scale=X][,objects=A-B][,cache=DIR]``: the generated benchmark
+  (``maskclip.datasets.synthetic``; ``version`` picks a generator setting, ``colour_free``,
+  ``size_scale`` and ``objects`` replace single values of it; ``cache``: a folder where
+  training keeps the drawn images, ``maskclip.train.data.SyntheticPool``);
 - a ``.csv`` / ``.tsv`` / ``.tab`` file: a table of image paths (``maskclip.datasets.table``);
 - tar shards (``maskclip.datasets.tar``): a ``.tar`` (``.tgz``, ``.tar.gz``) file, a glob
   (``data/*.tar``), a brace range (``data/{00000..00099}.tar``, zero padding kept), a shard
@@ -162,23 +165,30 @@ def expand_braces(pattern: str) -> List[str]:
 # --- synthetic: -----------------------------------------------------------------------------------
 
 
+SYNTHETIC_OPTIONS = ("n", "size", "seed", "label", "version", "colour_free", "size_scale", "objects", "cache")
+
+
 def synthetic_options(spec: str) -> dict:
-    """``"synthetic:SPLIT[,n=N][,size=S|HxW][,seed=K][,label=NAME]"`` -> ``SyntheticShapes`` keyword arguments."""
+    """``"synthetic:SPLIT[,n=N][,size=S|HxW][,seed=K][,label=NAME][,version=V][,colour_free=F][,size_scale=X]
+    [,objects=A-B][,cache=DIR]"`` -> ``SyntheticShapes`` keyword arguments (and ``cache``, which is not one)."""
     if not isinstance(spec, str) or not spec.startswith(SYNTHETIC):
-        raise InputError(f"expected 'synthetic:SPLIT[,n=N,size=S,seed=K,label=NAME]'; got {spec!r}")
+        raise InputError(f"expected 'synthetic:SPLIT[,n=N,size=S,seed=K,label=NAME,version=V]'; got {spec!r}")
     split, *options = spec[len(SYNTHETIC):].split(",")
     kwargs = {"split": split}
     for option in options:
         key, sep, value = option.partition("=")
-        if not sep or key not in ("n", "size", "seed", "label"):
-            raise InputError(f"bad option {option!r} in {spec!r}; expected n=N, size=S or HxW, seed=K, label=NAME")
-        kwargs[key] = {"label": str, "size": parse_size}.get(key, _parse_int)(value)
+        if not sep or key not in SYNTHETIC_OPTIONS:
+            raise InputError(f"bad option {option!r} in {spec!r}; expected n=N, size=S or HxW, seed=K, label=NAME, "
+                             "version=V, colour_free=F, size_scale=X, objects=A-B or cache=DIR")
+        parse = {"label": str, "cache": str, "size": parse_size, "colour_free": _parse_float, "size_scale": _parse_float,
+                 "objects": _parse_range}.get(key, _parse_int)
+        kwargs[key] = parse(value)
     return kwargs
 
 
 def open_synthetic(spec: DataSpec, default_size: Union[int, Tuple[int, int]]) -> SyntheticShapes:
     """The benchmark a ``synthetic`` spec names, at ``default_size`` unless the spec gives ``size=``."""
-    return SyntheticShapes(**{"size": default_size, **spec.options})
+    return SyntheticShapes(**{"size": default_size, **{k: v for k, v in spec.options.items() if k != "cache"}})
 
 
 def _parse_int(text: str) -> int:
@@ -186,6 +196,19 @@ def _parse_int(text: str) -> int:
         return int(text)
     except ValueError:
         raise InputError(f"expected an integer in a synthetic: option; got {text!r}") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"expected a number in a synthetic: option; got {text!r}") from None
+
+
+def _parse_range(text: str) -> Tuple[int, int]:
+    """``"1-2"`` -> (1, 2), ``"2"`` -> (2, 2)."""
+    lo, _, hi = text.partition("-")
+    return _parse_int(lo), _parse_int(hi or lo)
 
 
 def parse_size(text: str) -> Union[int, Tuple[int, int]]:

@@ -291,7 +291,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, eval_fn: Optional[EvalFn],
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     recipe = build_recipe(build_model(cfg), cfg).to(info.device)
     recipe.model.set_grad_checkpointing(cfg.grad_checkpointing)
-    source = open_source(cfg.data, cfg.csv_image_key, cfg.csv_caption_key, cfg.csv_separator)
+    source = open_source(cfg.data, cfg.csv_image_key, cfg.csv_caption_key, cfg.csv_separator,
+                         recipe.model.config.preprocess.image_size, cfg.workers)
     plan = Plan.of(cfg, source, info.world_size)
     wrapped = _wrap(recipe, cfg, info)
     recipe = wrapped.module if hasattr(wrapped, "module") else wrapped
