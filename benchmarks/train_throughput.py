@@ -46,14 +46,17 @@ def measure(recipe_name: str, args) -> dict:
     from maskclip.train import TrainConfig
     from maskclip.train import distributed as dist
     from maskclip.train import loop
+    from maskclip.train.allocator import keep_freed_memory
     from maskclip.train.config import parse_override
     from maskclip.train.optim import build_optimizer
     from maskclip.train.recipes import build_recipe
+    from maskclip.train.step import StepRunner
 
     total = args.warmup + args.steps
     overrides = {"batch_size": args.batch, "steps": total, "data": [args.data], "progress": False,
                  **dict(parse_override(s) for s in args.set)}
     cfg = TrainConfig.from_preset("shapes", recipe_name, overrides)
+    keep_freed_memory()  # as the training loop does on the CPU
     torch.manual_seed(cfg.seed)
     recipe = build_recipe(loop.build_model(cfg), cfg)
     optimizer = build_optimizer(recipe, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
@@ -61,18 +64,19 @@ def measure(recipe_name: str, args) -> dict:
     plan = loop.Plan(cfg.batch_size, total, total, min(cfg.warmup_steps, total))
     batches = pool_of_batches(cfg, recipe, args.pool)
     recipe.train()
-    runner = loop.StepRunner(recipe, recipe, optimizer, None, cfg, plan, info)
-    state, times = loop.RunState(), []
+    runner = StepRunner(recipe, recipe, optimizer, None, cfg, plan, info)
+    state, times = loop.RunState(offsets=[0]), []
     for i in range(total):
         t0 = time.perf_counter()
         runner.run([batches[i % len(batches)]], state)
-        if (state.step % cfg.log_every == 0) or state.step == total:
-            runner.flush(state)
+        state.step += 1
+        if state.step % cfg.log_every == 0 or state.step == total:
+            runner.sync(state)  # the loop's one read per logging step
         elapsed = time.perf_counter() - t0
         if i >= args.warmup:
             times.append(elapsed)
-    record = runner.flush(state)
-    assert record is None or record.get("loss", 0.0) == record.get("loss", 0.0), f"{recipe_name}: non-finite loss"
+    means, _ = runner.record()
+    assert means["loss"] == means["loss"] and state.nonfinite == 0, f"{recipe_name}: non-finite loss"
     median = statistics.median(times)
     return {"recipe": recipe_name, "batch": cfg.batch_size, "median_s": median, "mean_s": statistics.mean(times),
             "steps_per_s": 1 / median, "samples_per_s": cfg.batch_size / median, "steps": args.steps}

@@ -29,6 +29,7 @@ from ..errors import ConfigError, MaskCLIPError
 from ..model import MaskCLIP
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .allocator import keep_freed_memory
 from .config import TrainConfig
 from .data import StreamSpec, TrainStream, make_loader, open_source
 from .log import MetricsLog
@@ -235,6 +236,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, eval_fn: Optional[EvalFn],
     if not resume and ckpt.checkpoints(root):
         raise ConfigError(f"{out} already holds checkpoints of a run: pass --resume to continue it, or choose a new "
                           "output folder (maskclip never overwrites a previous run)")
+    if info.device.type == "cpu":
+        keep_freed_memory()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     recipe = build_recipe(build_model(cfg), cfg).to(info.device)
     recipe.model.set_grad_checkpointing(cfg.grad_checkpointing)
