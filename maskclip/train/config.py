@@ -145,6 +145,9 @@ class TrainConfig:
     patch_dropout: float = 0.0  # FLIP: drop this fraction of patch tokens in the contrastive pass (training only)
     distributed: str = "ddp"  # ddp | fsdp
     compile: bool = False
+    # torch's intra-op threads on a CPU: 0 = torch's default less one per data worker (workers decode
+    # and augment on the same cores; an oversubscribed core stalls every thread of each op)
+    cpu_threads: int = 0
     # bookkeeping
     seed: int = 0
     log_every: int = 10
@@ -212,7 +215,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1; got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "min_lr", "warmup_start_lr", "grad_clip", "epochs", "steps",
-                     "samples_per_epoch", "warmup_epochs", "warmup_steps", "eval_every", "workers"):
+                     "samples_per_epoch", "warmup_epochs", "warmup_steps", "eval_every", "workers", "cpu_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative; got {getattr(self, name)}")
         if not 0 <= self.patch_dropout < 1:

@@ -220,10 +220,15 @@ def train(cfg: TrainConfig, out, resume: bool = False, eval_fn: Optional[EvalFn]
     this invocation after that many steps (with a checkpoint), e.g. to fit a job's time limit.
     """
     out = Path(out)
+    cfg = cfg.validate()
     info = dist.init_distributed()
+    threads = torch.get_num_threads()
+    if info.device.type == "cpu":
+        torch.set_num_threads(cfg.cpu_threads or max(1, threads - cfg.workers))
     try:
-        return _train(cfg.validate(), out, resume, eval_fn, stop_after, info)
+        return _train(cfg, out, resume, eval_fn, stop_after, info)
     finally:
+        torch.set_num_threads(threads)
         dist.cleanup()
 
 
