@@ -5,7 +5,7 @@
     python benchmarks/train_cost.py --recipes clip maskclip --set maskclip.text=false
 
 Each (model, recipe) runs in its own fresh process, so that process's peak resident memory
-(``ru_maxrss``) is the recipe's own; the step itself is the training loop's ``_step`` on a fixed
+(``ru_maxrss``) is the recipe's own; the step itself is the training loop's ``StepRunner`` on a fixed
 random batch (data loading excluded, as in the papers' comparisons). Every process builds the model,
 runs ``--warmup`` steps, then times ``--steps`` steps; the table gives medians and ratios to
 ``clip``. Rounds alternate the recipes (``--rounds``), and the median over rounds is reported.
@@ -36,13 +36,16 @@ def child(model: str, recipe: str, batch: int, warmup: int, steps: int, sets: li
     from maskclip.train import TrainConfig
     from maskclip.train.config import parse_override
     from maskclip.train import distributed as dist
-    from maskclip.train.loop import Plan, RunState, _step, build_model
+    from maskclip.train.allocator import keep_freed_memory
+    from maskclip.train.loop import Plan, RunState, build_model
     from maskclip.train.optim import build_optimizer
     from maskclip.train.recipes import build_recipe
+    from maskclip.train.step import StepRunner
 
     overrides = {"batch_size": batch, "steps": warmup + steps, "precision": "fp32",
                  **dict(parse_override(s) for s in sets)}
     cfg = TrainConfig.from_preset(MODELS[model]["preset"], recipe, overrides)
+    keep_freed_memory()  # as the training loop does on the CPU
     torch.manual_seed(0)
     recipe_module = build_recipe(build_model(cfg), cfg)
     optimizer = build_optimizer(recipe_module, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
@@ -57,14 +60,16 @@ def child(model: str, recipe: str, batch: int, warmup: int, steps: int, sets: li
     params = sum(p.numel() for p in recipe_module.parameters())
     trainable = sum(p.numel() for p in recipe_module.parameters() if p.requires_grad)
     rss_built = _rss_mb()
-    state, times = RunState(), []
+    state, times = RunState(offsets=[0]), []
     recipe_module.train()
+    runner = StepRunner(recipe_module, recipe_module, optimizer, None, cfg, plan, info)
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        result = _step(recipe_module, recipe_module, optimizer, None, [batch_data], state, cfg, plan, info)
-        elapsed = time.perf_counter() - t0
-        assert result is not None and result["loss"] == result["loss"], f"{recipe}: non-finite loss"
+        runner.run([batch_data], state)
         state.step += 1
+        runner.sync(state)  # every step: the time includes waiting for the step's results
+        elapsed = time.perf_counter() - t0
+        assert state.nonfinite == 0, f"{recipe}: non-finite loss"
         if i >= warmup:
             times.append(elapsed)
     return {"model": model, "recipe": recipe, "batch": batch, "median_s": statistics.median(times),

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+import train_data as D
 from maskclip.errors import InputError
-from maskclip.train import distributed
+from maskclip.train import TrainConfig, distributed, train
 from maskclip.train.losses import ContrastiveLoss, NTXentLoss, RILSLoss, SoftDistillLoss
 
 WORLD, BATCH = 2, 4  # per-rank batch; the global batch is WORLD * BATCH
@@ -249,3 +250,51 @@ def test_soft_distill_center_update_uses_the_global_batch(ranks, case):
         loss, rank_center = out["soft", case]
         assert math.isfinite(loss.item())
         assert_close(rank_center, center, 1e-12)
+
+
+# --- DDP training with BEiT mask tokens (issue 11, 4a) ---------------------------------------------
+
+TOKEN_MODE = [("maskclip", "maskclip"), ("clip_mae", "mae"), ("rils", "rils")]  # (recipe, config section)
+
+
+def train_worker(rank, ports, shards, out_dir):
+    """Each recipe with masking.mode=token for 3 DDP steps; a parameter without a gradient made the
+    second step raise "Expected to have finished reduction in the prior iteration"."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1")
+    torch.set_num_threads(1)
+    results = {}
+    for (recipe, section), port in zip(TOKEN_MODE, ports):
+        os.environ["MASTER_PORT"] = str(port)
+        cfg = TrainConfig.from_preset("tiny", recipe, {
+            "data": shards, "samples_per_epoch": 32, "batch_size": 16, "steps": 3, "log_every": 1,
+            "ckpt_every": 1000, "progress": False, "workers": 0, f"{section}.masking.mode": "token"})
+        try:
+            results[recipe] = train(cfg, os.path.join(out_dir, recipe))
+        except Exception as err:  # recorded: a failing rank must not leave the other waiting
+            results[recipe] = repr(err)
+    torch.save(results, os.path.join(out_dir, f"train{rank}.pt"))
+
+
+@pytest.fixture(scope="module")
+def token_runs(tmp_path_factory):
+    shards = D.write_shards(tmp_path_factory.mktemp("shards"), D.make_items(32, size=40, seed=0), per_shard=8)
+    out_dir = str(tmp_path_factory.mktemp("runs"))
+    ports = [free_port() for _ in TOKEN_MODE]
+    context = mp.start_processes(train_worker, args=(ports, shards, out_dir), nprocs=WORLD, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + 600
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.terminate()
+            pytest.fail("the 2-process DDP training did not finish in 600 s")
+    return [torch.load(os.path.join(out_dir, f"train{r}.pt"), weights_only=False) for r in range(WORLD)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", [r for r, _ in TOKEN_MODE])
+def test_ddp_trains_with_mask_tokens(token_runs, recipe):
+    for rank, results in enumerate(token_runs):
+        summary = results[recipe]
+        assert isinstance(summary, dict), f"rank {rank}, {recipe} with masking.mode=token: {summary}"
+        assert summary["steps"] == 3 and summary["nonfinite"] == 0

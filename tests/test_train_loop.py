@@ -190,6 +190,18 @@ def test_repeated_non_finite_losses_abort_with_the_last_good_state_saved(monkeyp
     assert all(torch.isfinite(v).all() for v in weights(folder).values())
 
 
+def test_a_non_finite_step_between_logging_steps_is_found_at_the_next_one(monkeypatch, shards, tmp_path):
+    """The host learns of a skipped step when it next syncs (here at step 4, a logging step): the step
+    is taken back off the count, so the run still makes 6 applied steps."""
+    _poison(monkeypatch, {2})
+    summary = train(tiny("clip", shards, steps=6, log_every=4), tmp_path / "run")
+    assert summary["steps"] == 6 and summary["nonfinite"] == 1
+    rows = metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [4, 6] and rows[-1]["nonfinite_steps"] == 1
+    assert all(r["loss"] == r["loss"] for r in rows)
+    assert all(torch.isfinite(v).all() for v in weights(ckpt.latest(tmp_path / "run" / "checkpoints")).values())
+
+
 # --- signals, torchrun, CLI -----------------------------------------------------------------------
 
 def _cli(*args, **kw):

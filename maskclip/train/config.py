@@ -49,6 +49,9 @@ class DecoderConfig:
     width: int = 0  # 0: the encoder's width (ours)
     heads: int = 0  # 0: width // 64 (at least 1)
     pos_embed: str = "learned"  # "learned" | "sincos" (RILS, MAE)
+    # True: the decoder reads the encoder's output after its final LayerNorm (ln_post), as MAE and
+    # RILS do; False: before it (ours for MaskCLIP)
+    norm_input: bool = True
 
 
 @dataclass
@@ -87,7 +90,7 @@ class MaskCLIPConfig:
     momentum: float = 0.996  # teacher EMA momentum at step 0, cosine to momentum_end (ours, BYOL/DINO)
     momentum_end: float = 1.0
     masking: MaskingConfig = field(default_factory=MaskingConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    decoder: DecoderConfig = field(default_factory=lambda: DecoderConfig(norm_input=False))
     text: bool = True  # the CVPR version's text branch; switchable
     text_mask_ratio: float = 0.15  # ours (BERT's rate)
     text_weight: float = 1.0  # ours
@@ -146,6 +149,9 @@ class TrainConfig:
     patch_dropout: float = 0.0  # FLIP: drop this fraction of patch tokens in the contrastive pass (training only)
     distributed: str = "ddp"  # ddp | fsdp
     compile: bool = False
+    # torch's intra-op threads on a CPU: 0 = torch's default less one per data worker (workers decode
+    # and augment on the same cores; an oversubscribed core stalls every thread of each op)
+    cpu_threads: int = 0
     # bookkeeping
     seed: int = 0
     log_every: int = 10
@@ -213,7 +219,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1; got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "min_lr", "warmup_start_lr", "grad_clip", "epochs", "steps",
-                     "samples_per_epoch", "warmup_epochs", "warmup_steps", "eval_every", "workers"):
+                     "samples_per_epoch", "warmup_epochs", "warmup_steps", "eval_every", "workers", "cpu_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative; got {getattr(self, name)}")
         if not 0 <= self.patch_dropout < 1:
@@ -228,6 +234,14 @@ class TrainConfig:
         _choice("maskclip contrastive_view", self.maskclip.contrastive_view, ("full", "masked"))
         if not 0 < self.maskclip.text_mask_ratio < 1:
             raise ConfigError(f"maskclip.text_mask_ratio must be in (0, 1); got {self.maskclip.text_mask_ratio}")
+        if self.patch_dropout > 0 and self.recipe == "rils":
+            raise ConfigError("patch_dropout does not apply to rils: its contrastive pass also gives the "
+                              "reconstruction targets, one per patch, so it must see every patch; set "
+                              f"patch_dropout=0 (got {self.patch_dropout})")
+        if self.patch_dropout > 0 and self.recipe == "maskclip" and self.maskclip.contrastive_view == "masked":
+            raise ConfigError("patch_dropout does not apply to maskclip with contrastive_view='masked': the "
+                              "contrastive loss then uses the masked student, not a full-image pass; set "
+                              f"patch_dropout=0 or contrastive_view='full' (got {self.patch_dropout})")
         return self
 
 
@@ -277,6 +291,11 @@ def _build(cls, d: Dict[str, Any], where: str):
         raise ConfigError(f"unknown {where} config keys {unknown}; known keys are {sorted(fields)}")
     kwargs = {}
     for name, value in d.items():
+        factory = fields[name].default_factory
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]) and factory is not dataclasses.MISSING:
+            # A partial section fills in from the field's own default (MAEConfig's decoder is sin-cos),
+            # not from the section class's defaults.
+            value = _merge(dataclasses.asdict(factory()), value)
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
     return cls(**kwargs)
 

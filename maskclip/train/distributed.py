@@ -3,9 +3,10 @@
 Every helper also works without a process group (a plain single-process run), where it is the identity
 or returns rank 0 / world size 1, so the training code has one path for one process and for many.
 """
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -14,6 +15,8 @@ from torch import Tensor
 from ..errors import InputError
 
 _MAX_GATHER_DIMS = 7  # size of the fixed-length shape record the ranks exchange before a gather
+_host_group = None  # a gloo group for flags the host exchanges (None: the default group, or no group)
+_shapes_checked = True  # gather compares shapes across ranks first (see assume_equal_shapes)
 
 
 @dataclass
@@ -71,13 +74,48 @@ def init_distributed(backend: Optional[str] = None) -> DistInfo:
     if not is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         dist.init_process_group(backend=backend, rank=global_rank, world_size=size)
+    global _host_group
+    if dist.get_backend() != "gloo":  # every rank creates it, in the same order: a collective
+        _host_group = dist.new_group(backend="gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
 def cleanup() -> None:
     """Destroy the process group, if there is one."""
+    global _host_group
+    _host_group = None
     if is_initialized():
         dist.destroy_process_group()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is True on any. The flags travel as CPU tensors through a gloo
+    group, so the host never waits for a device's queue to drain."""
+    if world_size() == 1:
+        return flag
+    return bool(host_sum([float(flag)])[0] > 0)
+
+
+def host_sum(values: list) -> list:
+    """Element-wise sum over ranks of a list of host numbers (through the host's gloo group)."""
+    if world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, group=_host_group)
+    return t.tolist()
+
+
+@contextlib.contextmanager
+def assume_equal_shapes() -> Iterator[None]:
+    """Within this block ``gather`` trusts the caller that every rank passes tensors of one shape and
+    skips its check, which reads the ranks' shapes back to the host (a device sync). The training
+    loop guarantees it: every rank's batch has ``local_batch`` samples."""
+    global _shapes_checked
+    before, _shapes_checked = _shapes_checked, False
+    try:
+        yield
+    finally:
+        _shapes_checked = before
 
 
 def barrier() -> None:
@@ -135,7 +173,8 @@ def gather(x: Tensor, with_grad: bool = True) -> Tensor:
     """
     if world_size() == 1:
         return x
-    _check_same_shape(x)
+    if _shapes_checked:
+        _check_same_shape(x)
     if with_grad:
         return _GatherWithGrad.apply(x)
     chunks = _all_gather_list(x.detach())

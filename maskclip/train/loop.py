@@ -11,7 +11,6 @@ Layout of ``out``: ``config.json`` (the TrainConfig), ``metrics.jsonl``, ``check
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import threading
 import time
@@ -30,11 +29,13 @@ from ..errors import ConfigError, MaskCLIPError
 from ..model import MaskCLIP
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .allocator import keep_freed_memory
 from .config import TrainConfig
-from .data import StreamSpec, TrainStream, derive_seed, make_loader, open_source
+from .data import StreamSpec, TrainStream, make_loader, open_source
 from .log import MetricsLog
-from .optim import build_optimizer, lr_at, set_lr
+from .optim import build_optimizer
 from .recipes import Recipe, build_recipe
+from .step import StepRunner
 
 EvalFn = Callable[[MaskCLIP], Dict[str, float]]
 
@@ -116,10 +117,12 @@ def _wrap(recipe: Recipe, cfg: TrainConfig, info: dist.DistInfo) -> nn.Module:
             for block in tower.transformer.resblocks:
                 fully_shard(block)
         # FSDP cannot shard 0-dim parameters (the logit scale, a scalar in every CLIP checkpoint):
-        # they stay replicated and _step averages their gradients across ranks itself.
+        # they stay replicated and the step runner averages their gradients across ranks itself.
         fully_shard(recipe, ignored_params={p for p in recipe.parameters() if p.ndim == 0})
         return recipe
-    if info.device.type == "cuda":  # SyncBatchNorm (SLIP's head) runs on GPUs only
+    if info.device.type == "cuda":
+        # SLIP's head normalises each view over the global batch, as SLIP does; SyncBatchNorm runs on
+        # GPUs only (on CPU ranks each normalises over its own batch), and FSDP above keeps BatchNorm.
         recipe = nn.SyncBatchNorm.convert_sync_batchnorm(recipe)
     from torch.nn.parallel import DistributedDataParallel
 
@@ -150,11 +153,6 @@ class StopSignal(contextlib.AbstractContextManager):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
         return False
-
-
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    return bool(dist.all_reduce_sum(t).item() > 0)
 
 
 # --- checkpoints -------------------------------------------------------------------------------
@@ -211,56 +209,6 @@ def export_student(folder: Path, out: Path, format: str = "maskclip") -> Path:
     return Path(out)
 
 
-# --- the step ----------------------------------------------------------------------------------
-
-def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
-
-
-def _step(wrapped: nn.Module, recipe: Recipe, optimizer, scaler, micro: List[Dict[str, torch.Tensor]],
-          state: RunState, cfg: TrainConfig, plan: Plan, info: dist.DistInfo) -> Optional[Dict[str, float]]:
-    """One optimizer step over ``accum_steps`` micro-batches; None when skipped as non-finite."""
-    lr = lr_at(state.step, plan.total_steps, plan.warmup_steps, cfg.lr, cfg.warmup_start_lr, cfg.min_lr)
-    set_lr(optimizer, lr)
-    terms: Dict[str, float] = {}
-    for i, batch in enumerate(micro):
-        batch = {k: batch[k].to(info.device, non_blocking=True) for k in ("image", "text", "views") if k in batch}
-        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "step", state.step, info.rank, i))
-        last = i == len(micro) - 1
-        no_sync = getattr(wrapped, "no_sync", None)
-        with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
-            with _autocast(cfg, info.device):
-                out = wrapped(batch, generator)
-            loss = out["loss"].float() / len(micro)
-            if _any_rank(not bool(torch.isfinite(loss)), info.device):
-                optimizer.zero_grad(set_to_none=True)
-                return None
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-        for k, v in out.items():
-            terms[k] = terms.get(k, 0.0) + float(v.detach()) / len(micro)
-    if cfg.distributed == "fsdp" and info.world_size > 1:
-        for p in recipe.parameters():
-            if p.ndim == 0 and p.grad is not None:
-                p.grad.copy_(dist.all_reduce_mean(p.grad))
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    params = [p for p in recipe.parameters() if p.requires_grad]
-    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-    if scaler is None and not bool(torch.isfinite(norm)):
-        optimizer.zero_grad(set_to_none=True)
-        return None
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    extra = recipe.after_step(state.step + 1, plan.total_steps)
-    return {**terms, "lr": lr, "grad_norm": float(norm), **extra}
-
-
 # --- the loop ----------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, out, resume: bool = False, eval_fn: Optional[EvalFn] = None,
@@ -272,10 +220,15 @@ def train(cfg: TrainConfig, out, resume: bool = False, eval_fn: Optional[EvalFn]
     this invocation after that many steps (with a checkpoint), e.g. to fit a job's time limit.
     """
     out = Path(out)
+    cfg = cfg.validate()
     info = dist.init_distributed()
+    threads = torch.get_num_threads()
+    if info.device.type == "cpu":
+        torch.set_num_threads(cfg.cpu_threads or max(1, threads - cfg.workers))
     try:
-        return _train(cfg.validate(), out, resume, eval_fn, stop_after, info)
+        return _train(cfg, out, resume, eval_fn, stop_after, info)
     finally:
+        torch.set_num_threads(threads)
         dist.cleanup()
 
 
@@ -288,6 +241,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, eval_fn: Optional[EvalFn],
     if not resume and ckpt.checkpoints(root):
         raise ConfigError(f"{out} already holds checkpoints of a run: pass --resume to continue it, or choose a new "
                           "output folder (maskclip never overwrites a previous run)")
+    if info.device.type == "cpu":
+        keep_freed_memory()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     recipe = build_recipe(build_model(cfg), cfg).to(info.device)
     recipe.model.set_grad_checkpointing(cfg.grad_checkpointing)
@@ -324,7 +279,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, eval_fn: Optional[EvalFn],
 
 def _run(wrapped, recipe, optimizer, scaler, stream, state: RunState, cfg: TrainConfig, plan: Plan,
          info: dist.DistInfo, log: MetricsLog, root: Path, eval_fn, stop_after: int, workers: int):
-    started_at, window, window_t0, window_steps = state.step, {}, time.perf_counter(), 0
+    runner = StepRunner(wrapped, recipe, optimizer, scaler, cfg, plan, info)
+    started_at, window_t0 = state.step, time.perf_counter()
+    last = {"log": state.step, "eval": state.step, "save": state.step}  # steps already logged, evaluated, saved
     reason = "finished"
     batches_per_epoch = plan.steps_per_epoch * cfg.accum_steps
     with StopSignal() as stop:
@@ -336,41 +293,43 @@ def _run(wrapped, recipe, optimizer, scaler, stream, state: RunState, cfg: Train
             batches = iter(make_loader(stream, cfg.workers, pin_memory=info.device.type == "cuda"))
             while state.epoch_batch < batches_per_epoch and state.step < plan.total_steps:
                 micro = [next(batches) for _ in range(cfg.accum_steps)]
-                for b in micro:
+                for b in micro:  # the loader's bookkeeping, host tensors
                     state.offsets[int(b["slot"])] = int(b["consumed"])
                     state.skipped += int(b["skipped"])
                 state.epoch_batch += cfg.accum_steps
-                result = _step(wrapped, recipe, optimizer, scaler, micro, state, cfg, plan, info)
-                if result is None:
-                    state.nonfinite += 1
-                    state.nonfinite_in_row += 1
-                    log.message(f"maskclip train: step {state.step}: non-finite loss or gradient, step skipped "
-                                f"({state.nonfinite_in_row} in a row, {state.nonfinite} in all)")
-                    if state.nonfinite_in_row >= cfg.max_nonfinite:
-                        folder = _save(root, recipe, optimizer, scaler, state, cfg, info, workers)
-                        log.close()
-                        raise TrainingAborted(
-                            f"{state.nonfinite_in_row} non-finite losses in a row at step {state.step}; stopped. The "
-                            f"last good state is saved in {folder}: lower the learning rate, use fp32 or bf16, or "
-                            "set grad_clip, then resume")
-                    continue
-                state.step += 1
-                state.nonfinite_in_row = 0
-                window_steps += 1
-                for k, v in result.items():
-                    window[k] = window.get(k, 0.0) + v
+                runner.run(micro, state)
+                state.step += 1  # optimistic: runner.sync takes non-finite steps back off
                 log.advance()
-                if state.step % cfg.log_every == 0 or state.step == plan.total_steps:
-                    _log(log, window, window_steps, window_t0, state, cfg, info)
-                    window, window_t0, window_steps = {}, time.perf_counter(), 0
-                if eval_fn is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
+                signal_stop = dist.any_rank(stop.requested)
+                if not (signal_stop or _sync_due(state, cfg, plan, started_at, stop_after, eval_fn)):
+                    continue
+                counted = state.step
+                messages, longest = runner.sync(state)
+                log.advance(state.step - counted)  # back over the steps that were not applied
+                for text in messages:
+                    log.message(text)
+                if longest >= cfg.max_nonfinite:
+                    folder = _save(root, recipe, optimizer, scaler, state, cfg, info, workers)
+                    log.close()
+                    raise TrainingAborted(
+                        f"{longest} non-finite losses in a row by step {state.step}; stopped. The last good "
+                        f"state is saved in {folder}: lower the learning rate, use fp32 or bf16, or set "
+                        "grad_clip, then resume")
+                if state.step > last["log"] and (state.step % cfg.log_every == 0 or state.step == plan.total_steps):
+                    _log(log, runner, window_t0, state, cfg, info)
+                    window_t0, last["log"] = time.perf_counter(), state.step
+                if (eval_fn is not None and cfg.eval_every and state.step % cfg.eval_every == 0
+                        and state.step > last["eval"]):
                     _evaluate(eval_fn, recipe, log, state.step, info)
-                if _any_rank(stop.requested, info.device):
+                    last["eval"] = state.step
+                if signal_stop:
                     reason = "signal"
                 elif stop_after and state.step - started_at >= stop_after:
                     reason = "stop_after"
-                if reason != "finished" or state.step == plan.total_steps or state.step % cfg.ckpt_every == 0:
+                if state.step > last["save"] and (reason != "finished" or state.step == plan.total_steps
+                                                  or state.step % cfg.ckpt_every == 0):
                     _save(root, recipe, optimizer, scaler, state, cfg, info, workers)
+                    last["save"] = state.step
                 if reason != "finished":
                     break
             if state.epoch_batch >= batches_per_epoch:
@@ -392,11 +351,21 @@ def _run(wrapped, recipe, optimizer, scaler, stream, state: RunState, cfg: Train
             "skipped": state.skipped, "nonfinite": state.nonfinite}
 
 
-def _log(log: MetricsLog, window: Dict[str, float], steps: int, t0: float, state: RunState, cfg: TrainConfig,
+def _sync_due(state: RunState, cfg: TrainConfig, plan: Plan, started_at: int, stop_after: int, eval_fn) -> bool:
+    """Whether the host must learn the outcome of the steps run so far: to log, evaluate, checkpoint,
+    end the schedule or stop this invocation (with the optimistic step count)."""
+    s = state.step
+    return (s % cfg.log_every == 0 or s >= plan.total_steps or s % cfg.ckpt_every == 0
+            or bool(eval_fn is not None and cfg.eval_every and s % cfg.eval_every == 0)
+            or bool(stop_after and s - started_at >= stop_after))
+
+
+def _log(log: MetricsLog, runner: StepRunner, t0: float, state: RunState, cfg: TrainConfig,
          info: dist.DistInfo) -> None:
-    skipped = int(dist.all_reduce_sum(torch.tensor([float(state.skipped)], device=info.device)).item())
+    skipped = int(dist.host_sum([state.skipped])[0])
+    means, steps = runner.record()
     seconds = time.perf_counter() - t0
-    record = {"step": state.step, "epoch": state.epoch, **{k: v / max(steps, 1) for k, v in window.items()},
+    record = {"step": state.step, "epoch": state.epoch, **means,
               "samples_per_s": steps * cfg.batch_size / max(seconds, 1e-9), "skipped_samples": skipped,
               "nonfinite_steps": state.nonfinite, "time": time.time()}
     log.log(record)

@@ -180,9 +180,10 @@ class SoftDistillLoss(nn.Module):
             raise InputError(f"logits must have {self.center.shape[1]} prototypes; got {student_logits.shape[1]}")
         teacher_logits = teacher_logits.detach()
         teacher_log = F.log_softmax((teacher_logits - self.center) / self.teacher_temp, dim=-1)
+        teacher_p = teacher_log.exp()  # once, for the loss and the teacher's entropy
         student_log = F.log_softmax(student_logits / self.student_temp, dim=-1)
-        loss = _row_mean(-(teacher_log.exp() * student_log).sum(dim=-1))
-        metrics = {"teacher_entropy": _row_mean(_entropy(teacher_log)).detach(),
+        loss = _row_mean(-(teacher_p * student_log).sum(dim=-1))
+        metrics = {"teacher_entropy": _row_mean(-(teacher_p * teacher_log).sum(dim=-1)),
                    "student_entropy": _row_mean(_entropy(student_log.detach()))}
         if self.training:
             self._update_center(teacher_logits)
@@ -237,11 +238,13 @@ class RILSLoss(nn.Module):
         prototypes = F.normalize(gather(text_features.detach(), with_grad=False), dim=-1)  # [N_global, E]
         retrieved = (F.normalize(image_features.detach(), dim=-1) @ prototypes.T).argmax(dim=-1)
         correct = retrieved == _global_labels(image_features.shape[0], image_features.device)  # [B]
-        used = mask & correct[:, None]
-        student = F.log_softmax(F.normalize(pred_patches[used], dim=-1) @ prototypes.T / self.student_temp, -1)
-        teacher = F.log_softmax(F.normalize(target_patches[used].detach(), dim=-1) @ prototypes.T
+        # Every patch is scored and the unused ones weigh 0 (RILS's own formulation): selecting the
+        # used rows would give a tensor of data-dependent size, a host sync on a GPU.
+        student = F.log_softmax(F.normalize(pred_patches, dim=-1) @ prototypes.T / self.student_temp, -1)
+        teacher = F.log_softmax(F.normalize(target_patches.detach(), dim=-1) @ prototypes.T
                                 / self.teacher_temp, -1)
-        kl = (teacher.exp() * (teacher - student)).sum(dim=-1)  # [M]
-        count = used.sum().to(kl.dtype)  # an integer tensor + 1e-6 would become fp32
-        loss = kl.sum() / (count + 1e-6)
+        kl = (teacher.exp() * (teacher - student)).sum(dim=-1)  # [B, N]
+        used = (mask & correct[:, None]).to(kl.dtype)
+        count = used.sum()
+        loss = (kl * used).sum() / (count + 1e-6)
         return loss, {"frac_correct": correct.float().mean(), "num_patches": count.detach().float()}

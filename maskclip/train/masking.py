@@ -29,8 +29,15 @@ class Mask:
     def num_keep(self) -> int:
         return self.ids_keep.shape[1]
 
-    def to(self, device) -> "Mask":
-        return Mask(self.mask.to(device), self.ids_keep.to(device), self.ids_restore.to(device))
+    @property
+    def ids_masked(self) -> torch.Tensor:
+        """``[B, N - K]`` the hidden patches' indices, in the order of ``cat(kept, masked)`` (ascending
+        for masks made here): gathering with them gives the rows ``x[mask]`` would, without the
+        data-dependent shape (a host sync on a GPU)."""
+        return torch.argsort(self.ids_restore, dim=1)[:, self.num_keep:]
+
+    def to(self, device, non_blocking: bool = False) -> "Mask":
+        return Mask(*(t.to(device, non_blocking=non_blocking) for t in (self.mask, self.ids_keep, self.ids_restore)))
 
     @classmethod
     def from_bool(cls, mask: torch.Tensor) -> "Mask":
@@ -38,10 +45,14 @@ class Mask:
         counts = mask.sum(dim=1)
         if counts.numel() and not bool((counts == counts[0]).all()):
             raise ValueError(f"every sample must mask the same number of patches; got counts {counts.tolist()}")
+        return cls._exact(mask, int(counts[0]) if counts.numel() else 0)
+
+    @classmethod
+    def _exact(cls, mask: torch.Tensor, hidden: int) -> "Mask":
+        """``from_bool`` for a mask known to hide ``hidden`` patches in every row (nothing read back)."""
         # A stable sort puts kept patches (False) first, each group in ascending patch order.
         ids_shuffle = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
-        keep = mask.shape[1] - int(counts[0]) if counts.numel() else mask.shape[1]
-        return cls(mask, ids_shuffle[:, :keep], torch.argsort(ids_shuffle, dim=1))
+        return cls(mask, ids_shuffle[:, :mask.shape[1] - hidden], torch.argsort(ids_shuffle, dim=1))
 
 
 def num_masked(num_patches: int, ratio: float) -> int:
@@ -55,50 +66,59 @@ def random_mask(batch: int, num_patches: int, ratio: float, generator: torch.Gen
     noise = torch.rand(batch, num_patches, generator=generator)
     hidden = torch.zeros(batch, num_patches, dtype=torch.bool)
     hidden.scatter_(1, noise.argsort(dim=1)[:, num_patches - m:], True)
-    return Mask.from_bool(hidden)
+    return Mask._exact(hidden, m)
+
+
+BLOCK_ATTEMPTS = 100  # rectangles tried per sample before the count is made exact at random
 
 
 def block_mask(batch: int, grid: Tuple[int, int], ratio: float, generator: torch.Generator,
                min_block: int = 4, aspect: float = 0.3) -> Mask:
     """BEiT-style block-wise masking, then trimmed or topped up at random to the exact count.
 
-    Rectangles of at least ``min_block`` patches with aspect ratio in ``[aspect, 1 / aspect]``
-    are masked until the target is reached; the count is then made exact so that the visible
-    tokens of a batch stack.
+    Each sample masks rectangles until ``num_masked`` patches are hidden (at most ``BLOCK_ATTEMPTS``):
+    attempt ``a`` draws an area uniform in ``[min_block, max(min_block, still to hide)]``, a log aspect
+    ratio uniform in ``[log aspect, -log aspect]``, and a position uniform over the places the
+    rectangle fits (its sides rounded, then clipped to the grid). Too many hidden patches are then
+    unmasked, too few masked, choosing those with the lowest noise. The random numbers are drawn up
+    front, ``[B, BLOCK_ATTEMPTS, 4]`` then ``[B, N]`` (float64), so the attempts run for the whole
+    batch at once; sample ``b`` uses row ``b`` only (tests/test_train_parts.py pins this against a
+    per-sample loop).
     """
     gh, gw = grid
     n = gh * gw
     m = num_masked(n, ratio)
-    rows = []
-    for _ in range(batch):
-        hidden = torch.zeros(gh, gw, dtype=torch.bool)
-        for _attempt in range(100):
-            if int(hidden.sum()) >= m:
-                break
-            area = _uniform(generator, min_block, max(min_block, m - int(hidden.sum())))
-            log_r = _uniform(generator, math.log(aspect), -math.log(aspect))
-            h = int(round(math.sqrt(area * math.exp(log_r))))
-            w = int(round(math.sqrt(area / math.exp(log_r))))
-            h, w = min(max(h, 1), gh), min(max(w, 1), gw)
-            top = int(torch.randint(0, gh - h + 1, (1,), generator=generator))
-            left = int(torch.randint(0, gw - w + 1, (1,), generator=generator))
-            hidden[top:top + h, left:left + w] = True
-        rows.append(_exact_count(hidden.flatten(), m, generator))
-    return Mask.from_bool(torch.stack(rows))
+    draws = torch.rand(batch, BLOCK_ATTEMPTS, 4, generator=generator, dtype=torch.float64)
+    noise = torch.rand(batch, n, generator=generator, dtype=torch.float64)
+    hidden = torch.zeros(batch, gh, gw, dtype=torch.bool)
+    count = torch.zeros(batch, dtype=torch.long)
+    rows, cols = torch.arange(gh), torch.arange(gw)
+    log_lo = math.log(aspect)
+    for a in range(BLOCK_ATTEMPTS):
+        active = count < m
+        if not bool(active.any()):
+            break
+        u = draws[:, a]
+        area = min_block + ((m - count).clamp(min=min_block) - min_block) * u[:, 0]
+        log_r = log_lo + (-2 * log_lo) * u[:, 1]
+        h = torch.round(torch.sqrt(area * torch.exp(log_r))).long().clamp(1, gh)
+        w = torch.round(torch.sqrt(area / torch.exp(log_r))).long().clamp(1, gw)
+        top = torch.floor(u[:, 2] * (gh - h + 1)).long()
+        left = torch.floor(u[:, 3] * (gw - w + 1)).long()
+        in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])  # [B, gh]
+        in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])  # [B, gw]
+        hidden |= in_rows[:, :, None] & in_cols[:, None, :] & active[:, None, None]
+        count = hidden.sum(dim=(1, 2))
+    return Mask._exact(_exact_count(hidden.flatten(1), m, noise), m)
 
 
-def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=generator))
-
-
-def _exact_count(hidden: torch.Tensor, m: int, generator: torch.Generator) -> torch.Tensor:
-    """Unmask (or mask) random patches until exactly ``m`` are hidden."""
-    hidden = hidden.clone()
-    have = int(hidden.sum())
-    pool = (hidden if have > m else ~hidden).nonzero().flatten()
-    flip = pool[torch.randperm(pool.numel(), generator=generator)[:abs(have - m)]]
-    hidden[flip] = have < m
-    return hidden
+def _exact_count(hidden: torch.Tensor, m: int, noise: torch.Tensor) -> torch.Tensor:
+    """``[B, N]`` -> ``[B, N]`` with exactly ``m`` hidden per row: flip the surplus (or missing)
+    patches with the lowest ``noise`` among the hidden (or visible) ones."""
+    have = hidden.sum(dim=1, keepdim=True)
+    pool = torch.where(have > m, hidden, ~hidden)
+    rank = torch.where(pool, noise, 2.0).argsort(dim=1, stable=True).argsort(dim=1)
+    return hidden ^ (rank < (have - m).abs())
 
 
 def make_mask(strategy: str, batch: int, grid: Tuple[int, int], ratio: float,

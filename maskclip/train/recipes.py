@@ -1,9 +1,17 @@
 """The pretraining recipes: one backbone (a ``MaskCLIP`` dual encoder), one interface.
 
 A recipe is an ``nn.Module`` holding the student model and whatever the recipe adds (heads,
-decoders, an EMA teacher). ``forward(batch, generator)`` returns a dict of scalar tensors:
-``loss`` (what is optimised) and each weighted term and metric for the logs. ``after_step``
-runs after every optimizer step (EMA teacher update, logit-scale clamp).
+decoders, an EMA teacher). A step has a host side and a device side:
+
+- ``prepare(batch, generator)`` runs on the loader's CPU tensors, before they move to the device:
+  it makes every random draw of the step (patch masks, patch dropout, caption masks, from
+  ``generator``) and works out the caption lengths the text encoders run to. What it adds to the
+  batch moves to the device with it (``move``), so the device side never reads a value back (a
+  host sync that stalls a GPU's queue).
+- ``forward(batch, generator)`` returns a dict of 0-dim tensors: ``loss`` (what is optimised) and
+  each weighted term and metric for the logs. Given a batch that was not prepared, it prepares it
+  first (drawing from ``generator``).
+- ``after_step`` runs after every optimizer step (EMA teacher update, logit-scale clamp).
 
 - ``clip``: the symmetric contrastive loss alone.
 - ``slip``: CLIP + SimCLR on two strongly augmented views (SLIP, Mu et al. 2022).
@@ -15,22 +23,60 @@ runs after every optimizer step (EMA teacher update, logit-scale clamp).
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import causal_len
 from ..model import MaskCLIP
-from .config import TrainConfig
+from ..towers import BUCKET_SIZES, DEFAULT_BUCKET_SIZES, length_buckets
+from .config import DecoderConfig, MaskingConfig, TrainConfig
 from .decoder import PatchDecoder, TokenDecoder
 from .ema import EMATeacher, cosine_momentum
 from .heads import PrototypeHead, SimCLRHead
 from .losses import (ContrastiveLoss, CosineDistillLoss, MAEPixelLoss, NTXentLoss, RILSLoss, SoftDistillLoss)
-from .masking import Mask, encode_masked, make_mask, random_mask, text_mask
+from .masking import Mask, encode_masked, keep, make_mask, random_mask, text_mask
 
-Batch = Dict[str, torch.Tensor]
+Batch = Dict[str, Any]
+
+
+@dataclass
+class TextPlan:
+    """How the text tower runs on a batch of captions ``[B, L]``, worked out on the host.
+
+    ``length``: positions up to the batch's last end-of-text token (causal attention: later ones
+    cannot change anything). ``buckets``: index tensors of captions of similar length, each run
+    only to its own ``lengths[i]`` (the tower's length bucketing), and ``restore`` puts the rows
+    back in batch order; one bucket (``restore=None``) for a small batch.
+    """
+
+    length: int
+    buckets: List[torch.Tensor]
+    lengths: List[int]
+    restore: Optional[torch.Tensor]
+
+    @classmethod
+    def of(cls, text: torch.Tensor, device_type: str) -> "TextPlan":
+        eot = text.argmax(dim=-1)
+        length = int(eot.max()) + 1
+        min_size, max_size = BUCKET_SIZES.get(device_type, DEFAULT_BUCKET_SIZES)
+        if text.shape[0] <= min_size:
+            return cls(length, [], [], None)
+        buckets = length_buckets(eot, min_size, max_size)
+        lengths = [int(eot[idx].max()) + 1 for idx in buckets]
+        return cls(length, buckets, lengths, torch.argsort(torch.cat(buckets)))
+
+    def to(self, device, non_blocking: bool = False) -> "TextPlan":
+        return TextPlan(self.length, [b.to(device, non_blocking=non_blocking) for b in self.buckets], self.lengths,
+                        None if self.restore is None else self.restore.to(device, non_blocking=non_blocking))
+
+
+def move(batch: Batch, device: torch.device) -> Batch:
+    """A prepared batch on ``device`` (tensors, masks and text plans; other values as they are)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, (torch.Tensor, Mask, TextPlan)) else v
+            for k, v in batch.items()}
 
 
 class Recipe(nn.Module):
@@ -46,17 +92,56 @@ class Recipe(nn.Module):
         self.contrastive = ContrastiveLoss(cfg.contrastive.gather_with_grad, cfg.contrastive.local_loss)
         self.max_log_scale = math.log(cfg.logit_scale_max)
 
+    # --- the host side -----------------------------------------------------------------------
+
+    def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """Adds ``text_plan`` and, in training with ``patch_dropout``, the ``dropout`` mask."""
+        out = self._with_text_plan(batch)
+        self._draw_dropout(out, generator)
+        return out
+
+    def _with_text_plan(self, batch: Batch) -> Batch:
+        return {**batch, "text_plan": TextPlan.of(batch["text"].cpu(), self.model.logit_scale.device.type)}
+
+    def _grid(self, batch: Batch) -> Tuple[int, int]:
+        return self.model.visual.grid(*batch["image"].shape[-2:])
+
+    def _draw_dropout(self, batch: Batch, generator: torch.Generator) -> None:
+        if self.training and self.cfg.patch_dropout > 0:
+            gh, gw = self._grid(batch)
+            batch["dropout"] = random_mask(batch["image"].shape[0], gh * gw, self.cfg.patch_dropout, generator)
+
+    def _draw_mask(self, batch: Batch, masking: MaskingConfig, generator: torch.Generator) -> None:
+        batch["mask"] = make_mask(masking.strategy, batch["image"].shape[0], self._grid(batch), masking.ratio,
+                                  generator)
+
+    def _ready(self, batch: Batch, generator: torch.Generator) -> Batch:
+        if "text_plan" in batch:
+            return batch
+        return move(self.prepare(batch, generator), batch["image"].device)
+
     # --- pieces shared by the recipes --------------------------------------------------------
 
-    def image_tokens(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def image_tokens(self, batch: Batch) -> torch.Tensor:
         """The contrastive pass: final tokens ``[B, 1 + N', width]`` (N' < N under patch dropout)."""
         visual = self.model.visual
-        p = self.cfg.patch_dropout
-        if self.training and p > 0:
-            gh, gw = visual.grid(*images.shape[-2:])
-            mask = random_mask(images.shape[0], gh * gw, p, generator).to(images.device)
-            return encode_masked(visual, images, mask)[0]
-        return visual.forward_tokens(images)[0]
+        if "dropout" in batch:
+            return encode_masked(visual, batch["image"], batch["dropout"])[0]
+        return visual.forward_tokens(batch["image"])[0]
+
+    def encode_text(self, text: torch.Tensor, plan: TextPlan) -> torch.Tensor:
+        """Captions ``[B, L]`` -> ``[B, E]``, as ``TextTower.forward`` computes them, with the lengths
+        from the host's ``plan`` instead of read back from the device."""
+        if plan.restore is None:
+            return self._text_batch(text, plan.length)
+        out = torch.cat([self._text_batch(text[idx], n) for idx, n in zip(plan.buckets, plan.lengths)])
+        return out[plan.restore]
+
+    def _text_batch(self, text: torch.Tensor, length: int) -> torch.Tensor:
+        tower = self.model.text
+        x = tower.forward_embeddings(tower.token_embedding(text[:, :length]))
+        eot = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
+        return tower.ln_final(eot) @ tower.text_projection
 
     def clip_terms(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> Dict[str, torch.Tensor]:
         loss, metrics = self.contrastive(F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1),
@@ -64,25 +149,34 @@ class Recipe(nn.Module):
         return {"loss_clip": loss, **{f"clip_{k}": v for k, v in metrics.items()},
                 "logit_scale": self.model.logit_scale.detach().exp()}
 
-    def masked_student(self, images: torch.Tensor, masking, generator: torch.Generator,
-                       mask_token: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Mask, Tuple[int, int]]:
-        visual = self.model.visual
-        grid = visual.grid(*images.shape[-2:])
-        mask = make_mask(masking.strategy, images.shape[0], grid, masking.ratio, generator).to(images.device)
-        tokens, grid = encode_masked(visual, images, mask, masking.mode, mask_token)
-        return tokens, mask, grid
+    def decoder_input(self, tokens: torch.Tensor, decoder: DecoderConfig) -> torch.Tensor:
+        """The student's tokens as the decoder reads them: after ``ln_post`` with ``decoder.norm_input``."""
+        return self.model.visual.ln_post(tokens) if decoder.norm_input else tokens
+
+    @staticmethod
+    def _mask_token(width: int, masking: MaskingConfig) -> Optional[nn.Parameter]:
+        """The encoder's mask token, only in ``mode="token"`` (in "drop" mode it would get no gradient)."""
+        return nn.Parameter(0.02 * torch.randn(width)) if masking.mode == "token" else None
+
+    @staticmethod
+    def _patch_decoder(v, out_dim: int, d: DecoderConfig, masking: MaskingConfig) -> PatchDecoder:
+        return PatchDecoder(v.width, out_dim, (v.grid_size, v.grid_size), d.layers, d.width, d.heads, d.pos_embed,
+                            fill=masking.mode == "drop")
 
     # --- the recipe --------------------------------------------------------------------------
 
     def forward(self, batch: Batch, generator: torch.Generator) -> Dict[str, torch.Tensor]:
-        tokens = self.image_tokens(batch["image"], generator)
-        out = self.clip_terms(self.model.visual.pool(tokens), self.model.text(batch["text"]))
+        batch = self._ready(batch, generator)
+        tokens = self.image_tokens(batch)
+        out = self.clip_terms(self.model.visual.pool(tokens), self.encode_text(batch["text"], batch["text_plan"]))
         out["loss"] = out["loss_clip"]
         return out
 
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> Dict[str, float]:
-        self.model.logit_scale.clamp_(0, self.max_log_scale)
+    def after_step(self, step: int, total_steps: int, applied: Optional[torch.Tensor] = None) -> Dict[str, float]:
+        """After optimizer step ``step``; ``applied``: a 0-dim bool on the device, False when the
+        optimizer skipped the step (non-finite gradients), so nothing may move either."""
+        self.model.logit_scale.clamp_(0, self.max_log_scale)  # unchanged if the step was skipped
         return {}
 
 
@@ -97,11 +191,14 @@ class SLIP(Recipe):
         self.simclr = NTXentLoss(c.temperature, cfg.contrastive.gather_with_grad)
 
     def forward(self, batch: Batch, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        batch = self._ready(batch, generator)
         out = super().forward(batch, generator)
         visual = self.model.visual
         views = batch["views"]  # [2, B, 3, H, W]
-        both = self.image_mlp(visual.pooled(visual.forward_tokens(views.flatten(0, 1))[0]))
-        z1, z2 = both.chunk(2)
+        # The encoder has no batch statistics, so both views go through it at once; the head's
+        # BatchNorm does, and SLIP runs it on each view apart: each view is normalised by its own.
+        pooled = visual.pooled(visual.forward_tokens(views.flatten(0, 1))[0])
+        z1, z2 = (self.image_mlp(p) for p in pooled.chunk(2))
         loss, metrics = self.simclr(z1, z2)
         out.update({"loss_ssl": self.cfg.slip.weight * loss, **{f"ssl_{k}": v for k, v in metrics.items()}})
         out["loss"] = out["loss_clip"] + out["loss_ssl"]
@@ -114,18 +211,25 @@ class CLIPMAE(Recipe):
     def __init__(self, model: MaskCLIP, cfg: TrainConfig):
         super().__init__(model, cfg)
         v, c = model.config.vision, cfg.mae
-        self.mask_token = nn.Parameter(0.02 * torch.randn(v.width)) if c.masking.mode == "token" else None
-        self.decoder = PatchDecoder(v.width, v.patch_size ** 2 * 3, (v.grid_size, v.grid_size), c.decoder.layers,
-                                    c.decoder.width, c.decoder.heads, c.decoder.pos_embed)
+        self.mask_token = self._mask_token(v.width, c.masking)
+        self.decoder = self._patch_decoder(v, v.patch_size ** 2 * 3, c.decoder, c.masking)
         self.pixel_loss = MAEPixelLoss(c.norm_pix)
 
+    def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """Adds the ``dropout`` mask of the contrastive pass (if any), then the MAE ``mask``."""
+        out = super().prepare(batch, generator)
+        self._draw_mask(out, self.cfg.mae.masking, generator)
+        return out
+
     def forward(self, batch: Batch, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        batch = self._ready(batch, generator)
+        c = self.cfg.mae
         out = super().forward(batch, generator)
-        images = batch["image"]
-        tokens, mask, grid = self.masked_student(images, self.cfg.mae.masking, generator, self.mask_token)
-        pred = self.decoder(tokens, mask, grid)
+        images, mask = batch["image"], batch["mask"]
+        tokens, grid = encode_masked(self.model.visual, images, mask, c.masking.mode, self.mask_token)
+        pred = self.decoder(self.decoder_input(tokens, c.decoder), mask, grid)
         loss, _ = self.pixel_loss(pred, images, mask.mask, self.model.config.vision.patch_size)
-        out["loss_mae"] = self.cfg.mae.weight * loss
+        out["loss_mae"] = c.weight * loss
         out["loss"] = out["loss_clip"] + out["loss_mae"]
         return out
 
@@ -140,9 +244,8 @@ class MaskCLIPRecipe(Recipe):
     def __init__(self, model: MaskCLIP, cfg: TrainConfig):
         super().__init__(model, cfg)
         c, v, t, e = cfg.maskclip, model.config.vision, model.config.text, model.config.embed_dim
-        self.mask_token = nn.Parameter(0.02 * torch.randn(v.width)) if c.masking.mode == "token" else None
-        self.decoder = PatchDecoder(v.width, e, (v.grid_size, v.grid_size), c.decoder.layers, c.decoder.width,
-                                    c.decoder.heads, c.decoder.pos_embed)
+        self.mask_token = self._mask_token(v.width, c.masking)
+        self.decoder = self._patch_decoder(v, e, c.decoder, c.masking)
         students = {"visual": model.visual}
         if c.loss == "soft":
             # One prototype head for image patches and caption tokens: both targets live in the joint space.
@@ -165,6 +268,21 @@ class MaskCLIPRecipe(Recipe):
         modules = {"visual": self.model.visual, "text": self.model.text, "head": getattr(self, "head", None)}
         return {name: modules[name] for name in self._students}
 
+    def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """Adds the patch ``mask``, then the ``dropout`` mask of a full-image contrastive pass (if any),
+        then the caption mask: ``text_hidden [B, length]`` and its flat indices ``text_rows [M]``."""
+        c = self.cfg.maskclip
+        out = self._with_text_plan(batch)
+        self._draw_mask(out, c.masking, generator)
+        if c.contrastive_view == "full":
+            self._draw_dropout(out, generator)
+        if c.text:
+            n = out["text_plan"].length
+            hidden = text_mask(batch["text"].cpu(), c.text_mask_ratio, generator)[:, :n]
+            out["text_hidden"] = hidden
+            out["text_rows"] = hidden.flatten().nonzero().flatten()
+        return out
+
     def _distill(self, loss_fn, pred: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, dict]:
         """Loss between predictions and teacher targets ``[M, E]`` (rows of masked positions)."""
         if self.cfg.maskclip.loss == "soft":
@@ -174,46 +292,48 @@ class MaskCLIPRecipe(Recipe):
         return loss_fn(pred, target)
 
     def forward(self, batch: Batch, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        batch = self._ready(batch, generator)
         c = self.cfg.maskclip
-        images, text = batch["image"], batch["text"]
-        tokens, mask, grid = self.masked_student(images, c.masking, generator, self.mask_token)
+        images, text, mask = batch["image"], batch["text"], batch["mask"]
+        tokens, grid = encode_masked(self.model.visual, images, mask, c.masking.mode, self.mask_token)
         if c.contrastive_view == "masked":
-            out = self.clip_terms(self.model.visual.pool(tokens), self.model.text(text))
+            out = self.clip_terms(self.model.visual.pool(tokens), self.encode_text(text, batch["text_plan"]))
             out["loss"] = out["loss_clip"]
         else:
             out = super().forward(batch, generator)
-        pred = self.decoder(tokens, mask, grid)[mask.mask]
+        at = mask.ids_masked  # [B, M]: rows in the order x[mask.mask] would give them
+        pred = self.decoder(self.decoder_input(tokens, c.decoder), mask, grid, at=at).flatten(0, 1)
         with torch.no_grad():
             t_visual = self.teacher["visual"]
-            target = t_visual.project_patches(t_visual.forward_tokens(images)[0][:, 1:])[mask.mask]
+            target = t_visual.project_patches(keep(t_visual.forward_tokens(images)[0][:, 1:], at)).flatten(0, 1)
         loss, metrics = self._distill(self.distill, pred, target)
         out.update({"loss_distill": c.weight * loss, **{f"distill_{k}": v for k, v in metrics.items()}})
         out["loss"] = out["loss"] + out["loss_distill"]
         if c.text:
-            loss, metrics = self._text_distill(text, generator)
+            loss, metrics = self._text_distill(batch)
             out.update({"loss_text_distill": c.text_weight * loss,
                         **{f"text_distill_{k}": v for k, v in metrics.items()}})
             out["loss"] = out["loss"] + out["loss_text_distill"]
         return out
 
-    def _text_distill(self, text: torch.Tensor, generator: torch.Generator):
-        c, student = self.cfg.maskclip, self.model.text
-        n = causal_len(text)
-        hidden = text_mask(text.cpu(), c.text_mask_ratio, generator)[:, :n].to(text.device)
-        emb = student.token_embedding(text[:, :n])
-        emb = torch.where(hidden.unsqueeze(-1), self.text_mask_embedding.to(emb.dtype), emb)
-        pred = self.text_decoder(student.forward_embeddings(emb))[hidden]
+    def _text_distill(self, batch: Batch):
+        student, text, rows = self.model.text, batch["text"], batch["text_rows"]
+        ids = text[:, :batch["text_plan"].length]
+        emb = student.token_embedding(ids)
+        emb = torch.where(batch["text_hidden"].unsqueeze(-1), self.text_mask_embedding.to(emb.dtype), emb)
+        pred = self.text_decoder(student.forward_embeddings(emb)).flatten(0, 1)[rows]
         with torch.no_grad():
             t_text = self.teacher["text"]
-            target = (t_text.ln_final(t_text.forward_tokens(text)) @ t_text.text_projection)[hidden]
+            states = t_text.forward_embeddings(t_text.token_embedding(ids)).flatten(0, 1)[rows]
+            target = t_text.ln_final(states) @ t_text.text_projection  # LayerNorm acts per token
         return self._distill(self.text_distill, pred, target)
 
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> Dict[str, float]:
-        super().after_step(step, total_steps)
+    def after_step(self, step: int, total_steps: int, applied: Optional[torch.Tensor] = None) -> Dict[str, float]:
+        super().after_step(step, total_steps, applied)
         c = self.cfg.maskclip
         m = cosine_momentum(step, total_steps, c.momentum, c.momentum_end)
-        self.teacher.update(self.students(), m)
+        self.teacher.update(self.students(), m, applied)
         return {"momentum": m}
 
 
@@ -226,21 +346,29 @@ class RILS(Recipe):
     def __init__(self, model: MaskCLIP, cfg: TrainConfig):
         super().__init__(model, cfg)
         c, v = cfg.rils, model.config.vision
-        self.mask_token = nn.Parameter(0.02 * torch.randn(v.width)) if c.masking.mode == "token" else None
-        self.decoder = PatchDecoder(v.width, v.width, (v.grid_size, v.grid_size), c.decoder.layers, c.decoder.width,
-                                    c.decoder.heads, c.decoder.pos_embed)
+        self.mask_token = self._mask_token(v.width, c.masking)
+        self.decoder = self._patch_decoder(v, v.width, c.decoder, c.masking)
         self.recon = RILSLoss(c.student_temp, c.teacher_temp)
 
+    def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """Adds the patch ``mask`` (no patch dropout: the config refuses it for RILS)."""
+        out = self._with_text_plan(batch)
+        self._draw_mask(out, self.cfg.rils.masking, generator)
+        return out
+
     def forward(self, batch: Batch, generator: torch.Generator) -> Dict[str, torch.Tensor]:
-        images, visual = batch["image"], self.model.visual
+        batch = self._ready(batch, generator)
+        c, images, visual, mask = self.cfg.rils, batch["image"], self.model.visual, batch["mask"]
         tokens = visual.forward_tokens(images)[0]  # the full image: contrastive loss and targets
-        image_emb, text_emb = visual.pool(tokens), self.model.text(batch["text"])
+        image_emb, text_emb = visual.pool(tokens), self.encode_text(batch["text"], batch["text_plan"])
         out = self.clip_terms(image_emb, text_emb)
-        masked, mask, grid = self.masked_student(images, self.cfg.rils.masking, generator, self.mask_token)
-        pred = self.decoder(masked, mask, grid) @ visual.proj
-        target = visual.project_patches(tokens[:, 1:]).detach()
-        loss, metrics = self.recon(pred, target, mask.mask, image_emb, text_emb)
-        out.update({"loss_recon": self.cfg.rils.weight * loss, **{f"recon_{k}": v for k, v in metrics.items()}})
+        masked, grid = encode_masked(visual, images, mask, c.masking.mode, self.mask_token)
+        at = mask.ids_masked  # the loss reads masked patches only
+        pred = self.decoder(self.decoder_input(masked, c.decoder), mask, grid, at=at) @ visual.proj
+        target = visual.project_patches(keep(tokens[:, 1:], at)).detach()
+        every = torch.ones(at.shape, dtype=torch.bool, device=at.device)
+        loss, metrics = self.recon(pred, target, every, image_emb, text_emb)
+        out.update({"loss_recon": c.weight * loss, **{f"recon_{k}": v for k, v in metrics.items()}})
         out["loss"] = out["loss_clip"] + out["loss_recon"]
         return out
 

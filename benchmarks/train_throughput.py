@@ -1,0 +1,133 @@
+"""Training throughput of the ``shapes`` preset, per recipe: steps/s and samples/s of the loop's step.
+
+    python benchmarks/train_throughput.py                          # every recipe, batch 128, 20 timed steps
+    python benchmarks/train_throughput.py --recipes clip maskclip --steps 10 --out quick
+    python benchmarks/train_throughput.py --set maskclip.text=false
+
+The data path is not measured: a pool of batches (``--pool``, default 4) is drawn once from the
+training stream on ``synthetic:train`` (real images, crops and captions of the preset) into memory,
+and the steps cycle through it. What is timed is the loop's own per-step work (``loop.run_step``:
+the host-side preparation, forward, backward, optimizer, teacher update), ``--warmup`` steps first,
+then ``--steps`` timed ones; ``--rounds`` alternate the recipe order, and the median step time over
+rounds is reported. Every ``log_every``-th step is a logging step, as in training.
+
+Results: ``benchmarks/results/train_throughput[_OUT].json`` and a markdown table. This machine is
+shared: treat the numbers as rough, and compare runs made back to back.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RECIPES = ["clip", "slip", "clip_mae", "maskclip", "rils"]
+
+
+def pool_of_batches(cfg, recipe, n: int) -> list:
+    """``n`` batches from the preset's training stream on the synthetic data, kept in memory."""
+    from maskclip.train.data import StreamSpec, TrainStream, open_source
+
+    source = open_source(cfg.data)
+    spec = StreamSpec(cfg.batch_size, n, cfg.seed, 0, 1, recipe.extra_views, recipe.model.config.text.context_length)
+    stream = TrainStream(source, spec, recipe.model.config.preprocess, cfg.crop_scale, cfg.slip.crop_scale)
+    stream.set_position(0)
+    return list(stream)
+
+
+def measure(recipe_name: str, args) -> dict:
+    import torch
+
+    from maskclip.train import TrainConfig
+    from maskclip.train import distributed as dist
+    from maskclip.train import loop
+    from maskclip.train.allocator import keep_freed_memory
+    from maskclip.train.config import parse_override
+    from maskclip.train.optim import build_optimizer
+    from maskclip.train.recipes import build_recipe
+    from maskclip.train.step import StepRunner
+
+    total = args.warmup + args.steps
+    overrides = {"batch_size": args.batch, "steps": total, "data": [args.data], "progress": False,
+                 **dict(parse_override(s) for s in args.set)}
+    cfg = TrainConfig.from_preset("shapes", recipe_name, overrides)
+    keep_freed_memory()  # as the training loop does on the CPU
+    torch.manual_seed(cfg.seed)
+    recipe = build_recipe(loop.build_model(cfg), cfg)
+    optimizer = build_optimizer(recipe, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+    info = dist.DistInfo(0, 1, 0, torch.device("cpu"))
+    plan = loop.Plan(cfg.batch_size, total, total, min(cfg.warmup_steps, total))
+    batches = pool_of_batches(cfg, recipe, args.pool)
+    recipe.train()
+    runner = StepRunner(recipe, recipe, optimizer, None, cfg, plan, info)
+    state, times = loop.RunState(offsets=[0]), []
+    for i in range(total):
+        t0 = time.perf_counter()
+        runner.run([batches[i % len(batches)]], state)
+        state.step += 1
+        if state.step % cfg.log_every == 0 or state.step == total:
+            runner.sync(state)  # the loop's one read per logging step
+        elapsed = time.perf_counter() - t0
+        if i >= args.warmup:
+            times.append(elapsed)
+    means, _ = runner.record()
+    assert means["loss"] == means["loss"] and state.nonfinite == 0, f"{recipe_name}: non-finite loss"
+    median = statistics.median(times)
+    return {"recipe": recipe_name, "batch": cfg.batch_size, "median_s": median, "mean_s": statistics.mean(times),
+            "steps_per_s": 1 / median, "samples_per_s": cfg.batch_size / median, "steps": args.steps}
+
+
+def table(rows) -> str:
+    lines = ["| recipe | batch | step (s) | steps/s | samples/s |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['recipe']} | {r['batch']} | {r['median_s']:.3f} | {r['steps_per_s']:.2f} | "
+                     f"{r['samples_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipes", nargs="+", default=RECIPES, choices=RECIPES)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--pool", type=int, default=4, help="batches pre-rendered into memory")
+    p.add_argument("--data", default="synthetic:train,n=2048")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--set", action="append", default=[], help="TrainConfig overrides for every recipe")
+    p.add_argument("--out", default="", help="suffix of the results file name")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    runs = {}
+    for rnd in range(args.rounds):
+        for recipe in (args.recipes if rnd % 2 == 0 else list(reversed(args.recipes))):
+            r = measure(recipe, args)
+            runs.setdefault(recipe, []).append(r)
+            print(f"round {rnd + 1}: {recipe}: {r['median_s']:.3f} s/step, {r['samples_per_s']:.0f} samples/s",
+                  file=sys.stderr, flush=True)
+    rows = []
+    for recipe in args.recipes:
+        median = statistics.median(r["median_s"] for r in runs[recipe])
+        rows.append({**runs[recipe][0], "median_s": median, "steps_per_s": 1 / median,
+                     "samples_per_s": runs[recipe][0]["batch"] / median, "rounds": [r["median_s"] for r in runs[recipe]]})
+    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
+            "torch": torch.__version__, "python": platform.python_version(), "loadavg": os.getloadavg(),
+            "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "pool": args.pool, "data": args.data,
+            "overrides": args.set, "date": time.strftime("%Y-%m-%d %H:%M")}
+    RESULTS.mkdir(exist_ok=True)
+    name = f"train_throughput_{args.out}.json" if args.out else "train_throughput.json"
+    (RESULTS / name).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print(table(rows))
+    print(f"\n{meta}")
+
+
+if __name__ == "__main__":
+    main()
