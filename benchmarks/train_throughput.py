@@ -46,17 +46,18 @@ def measure(recipe_name: str, args) -> dict:
     from maskclip.train import TrainConfig
     from maskclip.train import distributed as dist
     from maskclip.train import loop
-    from maskclip.train.allocator import keep_freed_memory
     from maskclip.train.config import parse_override
     from maskclip.train.optim import build_optimizer
     from maskclip.train.recipes import build_recipe
-    from maskclip.train.step import StepRunner
 
     total = args.warmup + args.steps
     overrides = {"batch_size": args.batch, "steps": total, "data": [args.data], "progress": False,
                  **dict(parse_override(s) for s in args.set)}
     cfg = TrainConfig.from_preset("shapes", recipe_name, overrides)
-    keep_freed_memory()  # as the training loop does on the CPU
+    legacy = not _has_step_runner()
+    if not legacy:
+        from maskclip.train.allocator import keep_freed_memory
+        keep_freed_memory()  # as the training loop does on the CPU
     torch.manual_seed(cfg.seed)
     recipe = build_recipe(loop.build_model(cfg), cfg)
     optimizer = build_optimizer(recipe, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
@@ -64,22 +65,55 @@ def measure(recipe_name: str, args) -> dict:
     plan = loop.Plan(cfg.batch_size, total, total, min(cfg.warmup_steps, total))
     batches = pool_of_batches(cfg, recipe, args.pool)
     recipe.train()
-    runner = StepRunner(recipe, recipe, optimizer, None, cfg, plan, info)
     state, times = loop.RunState(offsets=[0]), []
-    for i in range(total):
-        t0 = time.perf_counter()
-        runner.run([batches[i % len(batches)]], state)
-        state.step += 1
-        if state.step % cfg.log_every == 0 or state.step == total:
-            runner.sync(state)  # the loop's one read per logging step
-        elapsed = time.perf_counter() - t0
-        if i >= args.warmup:
-            times.append(elapsed)
-    means, _ = runner.record()
-    assert means["loss"] == means["loss"] and state.nonfinite == 0, f"{recipe_name}: non-finite loss"
+    if legacy:  # a checkout from before StepRunner: the loop's old per-step function
+        for i in range(total):
+            t0 = time.perf_counter()
+            result = loop._step(recipe, recipe, optimizer, None, [batches[i % len(batches)]], state, cfg, plan, info)
+            state.step += 1
+            elapsed = time.perf_counter() - t0
+            if i >= args.warmup:
+                times.append(elapsed)
+        assert result is not None and result["loss"] == result["loss"], f"{recipe_name}: non-finite loss"
+    else:
+        from maskclip.train.step import StepRunner
+
+        runner = StepRunner(recipe, recipe, optimizer, None, cfg, plan, info)
+        for i in range(total):
+            t0 = time.perf_counter()
+            runner.run([batches[i % len(batches)]], state)
+            state.step += 1
+            if state.step % cfg.log_every == 0 or state.step == total:
+                runner.sync(state)  # the loop's one read per logging step
+            elapsed = time.perf_counter() - t0
+            if i >= args.warmup:
+                times.append(elapsed)
+        means, _ = runner.record()
+        assert means["loss"] == means["loss"] and state.nonfinite == 0, f"{recipe_name}: non-finite loss"
     median = statistics.median(times)
     return {"recipe": recipe_name, "batch": cfg.batch_size, "median_s": median, "mean_s": statistics.mean(times),
             "steps_per_s": 1 / median, "samples_per_s": cfg.batch_size / median, "steps": args.steps}
+
+
+def _code() -> dict:
+    """Which maskclip was timed: its folder, and the commit when that folder is a git checkout."""
+    import subprocess
+
+    import maskclip
+
+    folder = Path(maskclip.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"path": str(folder), "commit": commit, "step": "StepRunner" if _has_step_runner() else "loop._step"}
+
+
+def _has_step_runner() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("maskclip.train.step") is not None
 
 
 def table(rows) -> str:
@@ -121,7 +155,7 @@ def main() -> None:
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
             "torch": torch.__version__, "python": platform.python_version(), "loadavg": os.getloadavg(),
             "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "pool": args.pool, "data": args.data,
-            "overrides": args.set, "date": time.strftime("%Y-%m-%d %H:%M")}
+            "overrides": args.set, "date": time.strftime("%Y-%m-%d %H:%M"), "code": _code()}
     RESULTS.mkdir(exist_ok=True)
     name = f"train_throughput_{args.out}.json" if args.out else "train_throughput.json"
     (RESULTS / name).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")

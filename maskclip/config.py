@@ -118,12 +118,17 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     logit_scale_init: float = 2.6592600  # ln(1 / 0.07)
+    # Sigmoid-trained models (SigLIP): the learned bias b of sigmoid(exp(logit_scale) * cos + b). None for
+    # softmax-trained models, which then have no ``logit_bias`` parameter at all (state dicts unchanged).
+    logit_bias_init: Optional[float] = None
     name: Optional[str] = None
 
     def validate(self) -> "ModelConfig":
         _positive(self, "embed_dim")
         if not _is_real(self.logit_scale_init, positive=False):
             raise ConfigError(f"logit_scale_init must be a finite number; got {self.logit_scale_init!r}")
+        if self.logit_bias_init is not None and not _is_real(self.logit_bias_init, positive=False):
+            raise ConfigError(f"logit_bias_init must be a finite number or null; got {self.logit_bias_init!r}")
         if self.name is not None and not isinstance(self.name, str):
             raise ConfigError(f"name must be a string or null; got {self.name!r}")
         self.vision.validate()

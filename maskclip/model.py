@@ -46,6 +46,10 @@ class DualEncoder(nn.Module):
         self.visual = VisionTower(config.vision, config.embed_dim)
         self.text = TextTower(config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+        if config.logit_bias_init is not None:  # sigmoid-trained (SigLIP); softmax models have no such key
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.logit_bias_init)))
+        else:
+            self.logit_bias = None
         self.preprocess = transforms.Preprocess(config.preprocess)
         self._autocast: Optional[torch.dtype] = None
         self._proxies = {}  # ProxyCLIP proxies built by name; a plain dict, so not in the state dict
