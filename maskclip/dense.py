@@ -104,8 +104,9 @@ def rcs_layers(depth: int) -> range:
     return range(min(round(depth * 5 / 12), stop - 1), stop)
 
 
-def _resclip(visual: VisionTower, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-    """ResCLIP's RCS through the whole tower: ``[B, 3, H, W]`` -> final tokens ``[B, 1 + N, width]``, grid."""
+def rcs_tokens(visual: VisionTower, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int], torch.Tensor]:
+    """The tower up to its last block for ResCLIP: ``[B, 3, H, W]`` -> the last block's input tokens
+    ``[B, 1 + N, width]``, the grid, and the mean attention of ``rcs_layers`` ``[B, heads, 1 + N, 1 + N]``."""
     blocks = visual.transformer.resblocks
     tokens, grid = visual.embed(x)
     layers, total = rcs_layers(len(blocks)), 0
@@ -118,11 +119,20 @@ def _resclip(visual: VisionTower, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[
         total = total + a  # a running sum: one N^2 map kept, not one per block
         tokens = tokens + block.attn.merge_heads(a @ v)
         tokens = tokens + block.mlp(block.ln_2(tokens))
-    last = blocks[-1]
-    _, k, v = last.attn.qkv(last.ln_1(tokens))
+    return tokens, grid, total / len(layers)
+
+
+def rcs_blend(a: torch.Tensor, rcs: torch.Tensor) -> torch.Tensor:
+    """RCS: the last block's attention ``a`` blended with the mean ``rcs`` of ``rcs_tokens`` (same shapes)."""
+    return RESCLIP_TAU * ((1 - RESCLIP_LAMBDA) * a + RESCLIP_LAMBDA * rcs)
+
+
+def rcs_last_block(block: Block, x: torch.Tensor, grid: Tuple[int, int], rcs: torch.Tensor) -> torch.Tensor:
+    """The last block under ResCLIP's RCS: ``rcs_tokens``' tokens ``[B, 1 + N, width]``, grid and mean
+    attention -> ``[B, 1 + N, width]`` (NACLIP's attention blended with ``rcs``; no residual, no MLP)."""
+    _, k, v = block.attn.qkv(block.ln_1(x))
     a = attention_map(k, k, neighbourhood_bias(grid, NACLIP_STD, k.dtype, k.device))
-    a = RESCLIP_TAU * ((1 - RESCLIP_LAMBDA) * a + RESCLIP_LAMBDA * total / len(layers))
-    return last.attn.merge_heads(a @ v), grid
+    return block.attn.merge_heads(rcs_blend(a, rcs) @ v)
 
 
 def proxy_attention(feats: torch.Tensor, beta: float = PROXYCLIP_BETA, gamma: float = PROXYCLIP_GAMMA) -> torch.Tensor:
@@ -182,8 +192,8 @@ def dense_features(visual: VisionTower, x: torch.Tensor, method: str = "vanilla"
     """
     blocks = visual.transformer.resblocks
     if method == "resclip":
-        tokens, (gh, gw) = _resclip(visual, x)
-        tokens = tokens[:, 1:]
+        tokens, (gh, gw), rcs = rcs_tokens(visual, x)
+        tokens = rcs_last_block(blocks[-1], tokens, (gh, gw), rcs)[:, 1:]
     elif method == "proxyclip":
         tokens, grid = visual.forward_tokens(x, stop=len(blocks) - 1)
         proxy_feats = proxy(x)

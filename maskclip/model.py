@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dense, refine as refinement, segmentation, serialization, transforms, zero_shot
+from . import dense, refine as refinement, resclip_sfr, segmentation, serialization, transforms, zero_shot
 from .proxy import DEFAULT_PROXY, Proxy
 from .config import ModelConfig
 from .errors import InputError, InputTypeError
@@ -243,6 +243,11 @@ class DualEncoder(nn.Module):
         with self._compute():
             return dense.dense_features(self.visual, x, method, features).to(self.dtype)
 
+    def _sfr_features(self, x: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+        """Model input ``[B, 3, H, W]`` and a classifier ``[E, Q]`` -> ResCLIP + SFR patch features ``[B, E, h, w]``."""
+        with self._compute():
+            return resclip_sfr.dense_features(self.visual, x, classifier).to(self.dtype)
+
     # --- zero-shot ---------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -268,13 +273,14 @@ class DualEncoder(nn.Module):
     @torch.no_grad()
     def segment(self, image, labels: Sequence[str], templates=None, method: str = "clearclip",
                 size: Optional[int] = None, window: Optional[int] = None, stride: Optional[int] = None,
-                return_scores: bool = False, refine: Optional[str] = None, proxy=None):
+                return_scores: bool = False, refine: Optional[str] = None, proxy=None, sfr: bool = False):
         """One image and labels -> ``LongTensor[H, W]``, the label index of every input pixel.
 
         The shorter side is resized to ``size`` (default: the model's image size); with
         ``window`` the features are computed in sliding windows (``stride`` default window/2).
         ``method`` and ``proxy`` as in ``dense_features``. ``refine="pamr"`` post-processes the scores with the
-        image (``maskclip.refine.pamr``: 10 iterations, dilations 8 and 16). ``return_scores=True``
+        image (``maskclip.refine.pamr``: 10 iterations, dilations 8 and 16). ``sfr=True`` (``resclip``
+        only) adds ResCLIP's semantic feedback refinement (``maskclip.resclip_sfr``). ``return_scores=True``
         also returns the (refined) cosine scores ``[C, H, W]``.
         """
         labels = zero_shot.check_labels(labels)
@@ -284,24 +290,28 @@ class DualEncoder(nn.Module):
         window, stride = segmentation.check_window(window, stride, self.config.vision.patch_size)
         refine = refinement.check_refine(refine)
         proxy = self._check_proxy(method, proxy)
+        sfr = resclip_sfr.check_sfr(sfr, method)
         classifier = zero_shot.build_classifier(self._prompt_embeddings, labels, templates)
-        scores = self._segmentation_scores(x, out_size, classifier, method, window, stride, refine, proxy)
+        scores = self._segmentation_scores(x, out_size, classifier, method, window, stride, refine, proxy, sfr)
         label_map = scores.argmax(dim=0)
         return (label_map, scores) if return_scores else label_map
 
     def _segmentation_scores(self, x: torch.Tensor, out_size: Tuple[int, int], classifier: torch.Tensor,
                              method: str, window: Optional[int], stride: Optional[int],
-                             refine: Optional[str] = None, proxy: Optional[Proxy] = None) -> torch.Tensor:
+                             refine: Optional[str] = None, proxy: Optional[Proxy] = None,
+                             sfr: bool = False) -> torch.Tensor:
         """Checked ``segment`` inputs -> scores ``[C, H, W]`` (also run by ``maskclip.eval``'s segmentation).
 
         ``x``: ``segmentation_input``'s ``[1, 3, h, w]``; ``method``: a name in ``dense.METHODS`` or
         ``dense.PROXY_METHODS``; ``window`` / ``stride``: from ``segmentation.check_window``; ``refine``: from
-        ``refine.check_refine``; ``proxy``: from ``_check_proxy``. PAMR sees the preprocessed image
+        ``refine.check_refine``; ``proxy``: from ``_check_proxy``; ``sfr``: from ``resclip_sfr.check_sfr``. PAMR sees the preprocessed image
         resized to ``out_size``, as NACLIP feeds it the normalised input.
         """
         p = self.config.vision.patch_size
         self._check_patch_count(*segmentation.feature_input_size(x.shape[-2:], p, window))
         features = partial(self._dense_features, method=method, proxy=proxy)
+        if sfr:
+            features = partial(self._sfr_features, classifier=classifier)
         scores = segmentation.scores(features, x.to(self.device, self.dtype), out_size, classifier, p, window, stride)
         if refine == "pamr":
             image = F.interpolate(x.float(), size=tuple(out_size), mode="bilinear", align_corners=False)
