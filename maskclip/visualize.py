@@ -7,6 +7,8 @@ from typing import List, Sequence, Tuple
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .images import rgb
+
 
 def palette(n: int) -> List[Tuple[int, int, int]]:
     """``n`` well-separated, saturated colours (golden-ratio hue steps)."""
@@ -28,9 +30,11 @@ def _font(size: int):
 def overlay(image: Image.Image, label_map: torch.Tensor, labels: Sequence[str], alpha: float = 0.5) -> Image.Image:
     """Blend a colour per label over ``image`` and add a legend strip (colour, label, % of pixels).
 
-    ``label_map``: ``LongTensor[H, W]`` of indices into ``labels``, at the image's size.
+    ``label_map``: ``LongTensor[H, W]`` of indices into ``labels``, at the image's size. ``image`` is
+    taken to RGB by the decoder inference uses (``maskclip.images.rgb``: 16-bit images mapped by value,
+    not clipped white), so the overlay shows the pixels the model saw.
     """
-    image = image.convert("RGB")
+    image = rgb(image)
     H, W = label_map.shape
     if image.size != (W, H):
         raise ValueError(f"label map is {W}x{H} but the image is {image.size[0]}x{image.size[1]}")
