@@ -146,10 +146,11 @@ def cmd_segment(args) -> None:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise CLIError(f"--out must be a .png/.jpg/.webp image path; got {out.name!r}")
+    method = _segment_method(args)
     model = _load(args)
     image = load_image(args.image)
-    seg = model.segment(image, labels, templates=args.templates, method=args.method, size=args.size,
-                        window=args.window, stride=args.stride)
+    seg = model.segment(image, labels, templates=args.templates, method=method, size=args.size,
+                        window=args.window, stride=args.stride, refine=args.refine, proxy=args.proxy, sfr=args.sfr)
     picture = overlay(image, seg, labels, alpha=args.alpha)
     from .atomic import atomic_write
 
@@ -159,6 +160,20 @@ def cmd_segment(args) -> None:
     print(f"wrote {out}")
     for label, c in sorted(zip(labels, counts), key=lambda lc: -lc[1]):
         print(f"  {c / total:7.2%}  {label}")
+
+
+def _segment_method(args) -> str:
+    """``segment``'s method from ``--method`` / ``--proxy`` / ``--sfr``, checked before a model is loaded."""
+    if args.proxy is not None:
+        if args.method is not None:
+            raise CLIError(f"--proxy runs ProxyCLIP (the proxy's attention over CLIP's values) instead of a "
+                           f"--method; give one of them, not both (got --method {args.method})")
+        method = "proxyclip"
+    else:
+        method = args.method or "clearclip"
+    if args.sfr and method != "resclip":
+        raise CLIError(f"--sfr (ResCLIP's semantic feedback refinement) needs --method resclip; got {method}")
+    return method
 
 
 def _pil_format(path: Path) -> str:
@@ -208,7 +223,7 @@ def cmd_export_onnx(args) -> None:
 # --- parser --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import dense, serialization
+    from . import dense, proxy, refine, serialization
 
     p = argparse.ArgumentParser(prog="maskclip", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -272,8 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     label_args(sp)
     model_args(sp)
     sp.add_argument("--out", required=True, help="overlay image path (.png, .jpg, .webp)")
-    sp.add_argument("--method", default="clearclip", type=dense.canonical_name, choices=dense.METHODS,
+    sp.add_argument("--method", type=dense.canonical_name, choices=dense.METHODS,
                     help=f"dense method (default clearclip; also accepted: {dense.ALIASES})")
+    sp.add_argument("--refine", choices=refine.REFINEMENTS, help="post-process the scores with the image "
+                                                                 "(pamr: 10 iterations, dilations 8 and 16)")
+    sp.add_argument("--proxy", metavar="NAME",
+                    help=f"segment with ProxyCLIP, this model's attention over CLIP's values: one of "
+                         f"{list(proxy.PROXIES)} or a timm ViT name (weights from the Hugging Face Hub via timm; "
+                         f"replaces --method)")
+    sp.add_argument("--sfr", action="store_true",
+                    help="with --method resclip: ResCLIP's semantic feedback refinement (a first segmentation "
+                         "steers the last attention; costs a PAMR of every label per window)")
     sp.add_argument("--size", type=int, default=None, help="shorter side in px (default: the model's image size)")
     sp.add_argument("--window", type=int, default=None, help="sliding window in px (default: whole image)")
     sp.add_argument("--stride", type=int, default=None)
