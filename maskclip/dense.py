@@ -18,7 +18,7 @@ last block (ResCLIP also keeps the attention maps of some earlier blocks), and f
 - ``resclip`` (Yang et al., "ResCLIP", CVPR 2025), its residual cross-correlation self-attention
   (RCS): the NACLIP attention of the last block blended with the mean ``softmax(q k^T / sqrt(d))``
   of intermediate blocks (``rcs_layers``), ``tau * ((1 - lam) * A_naclip + lam * A_mean)``, over
-  the last block's values; no residual, no MLP.
+  the last block's values; no residual, no MLP. Its semantic feedback refinement is ``maskclip.resclip_sfr``.
 - ``proxyclip`` (Lan et al., "ProxyCLIP", ECCV 2024): the last block's attention is a proxy
   model's patch affinity (``proxy_attention``: cosine similarities of its normalised patch tokens,
   ``(s - beta * mean(s)) * gamma``, negatives masked out, softmax) over CLIP's values resized to the

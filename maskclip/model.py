@@ -304,8 +304,9 @@ class DualEncoder(nn.Module):
 
         ``x``: ``segmentation_input``'s ``[1, 3, h, w]``; ``method``: a name in ``dense.METHODS`` or
         ``dense.PROXY_METHODS``; ``window`` / ``stride``: from ``segmentation.check_window``; ``refine``: from
-        ``refine.check_refine``; ``proxy``: from ``_check_proxy``; ``sfr``: from ``resclip_sfr.check_sfr``. PAMR sees the preprocessed image
-        resized to ``out_size``, as NACLIP feeds it the normalised input.
+        ``refine.check_refine``; ``proxy``: from ``_check_proxy``; ``sfr``: from ``resclip_sfr.check_sfr``
+        (the classifier then also steers the features). PAMR sees the preprocessed image resized to
+        ``out_size``, as NACLIP feeds it the normalised input.
         """
         p = self.config.vision.patch_size
         self._check_patch_count(*segmentation.feature_input_size(x.shape[-2:], p, window))
