@@ -220,6 +220,18 @@ def test_benchmark_refines_with_pamr_and_refuses_an_unknown_refinement(tmp_path,
         benchmark_segmentation(model, "voc20", root, refine="crf", **small)
 
 
+def test_benchmark_runs_resclip_with_sfr_and_refuses_it_for_other_methods(tmp_path, model):
+    from maskclip.eval.segmentation_benchmark import benchmark_segmentation
+
+    root = make_tree("voc20", tmp_path / "VOC2012", ids=("a",), values=(1, 2))
+    small = dict(short_side=64, window=None, progress=False)
+    rcs = benchmark_segmentation(model, "voc20", root, method="resclip", **small)
+    sfr = benchmark_segmentation(model, "voc20", root, method="resclip", sfr=True, **small)
+    assert (rcs["sfr"], sfr["sfr"]) == (False, True) and sfr["n"] == 1
+    with pytest.raises(InputError, match="needs method='resclip'"):
+        benchmark_segmentation(model, "voc20", root, method="clearclip", sfr=True, **small)
+
+
 # --- the command line ------------------------------------------------------------------------
 
 SMALL = ["--size", "32", "--window", "32", "--stride", "16", "--no-progress"]  # the tiny model's scale
@@ -264,6 +276,8 @@ def test_cli_all_runs_every_benchmark_from_a_data_root(tmp_path, capsys, monkeyp
     (["--benchmark", "all"], "needs --data-root"),
     (["--benchmark", "voc21", "--root", "x", "--methods", "zhou"], "--methods cannot be used with --benchmark"),
     (["--data", "synthetic:test,n=1", "--limit", "3"], "--limit cannot be used with --data"),
+    (["--data", "synthetic:test,n=1", "--sfr"], "--sfr cannot be used with --data"),
+    (["--benchmark", "voc21", "--root", "x", "--method", "sclip", "--sfr"], "needs method='resclip'"),
     (["--benchmark", "voc21", "--root", "no/such/folder"], "does not exist"),
 ])
 def test_cli_benchmark_misuse_is_one_line_error(args, message, capsys):

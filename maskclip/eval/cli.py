@@ -64,6 +64,8 @@ def add_eval_parser(sub, model_args: Callable[[argparse.ArgumentParser], None]) 
     sp.add_argument("--method", type=canonical_name, choices=METHODS,
                     help="with --benchmark: the dense method (default clearclip)")
     sp.add_argument("--refine", choices=REFINEMENTS, help="with --benchmark: post-processing of the scores (PAMR)")
+    sp.add_argument("--sfr", action="store_true", default=None,
+                    help="with --benchmark and --method resclip: ResCLIP's semantic feedback refinement")
     sp.add_argument("--variant", help="with --benchmark: another repository's settings (naclip)")
     sp.add_argument("--limit", type=int, help="with --benchmark: the first N images of each benchmark only")
     sp.add_argument("--classnames-file", help="with --data: segmentation class names, one per line, line k = mask value k")
@@ -158,7 +160,7 @@ def cmd_segmentation(args) -> None:
         return cmd_segmentation_benchmark(args)
     from . import zero_shot_segmentation
 
-    _refuse(args, "--data", ("root", "data_root", "method", "refine", "variant", "limit"))
+    _refuse(args, "--data", ("root", "data_root", "method", "refine", "sfr", "variant", "limit"))
     r = zero_shot_segmentation(_load(args), _data(args, args.data), args.methods, _classnames(args.classnames_file),
                                args.templates, args.size, args.window, args.stride, progress=not args.no_progress)
     lines = []
@@ -181,7 +183,7 @@ def cmd_segmentation_benchmark(args) -> None:
     overrides = {k: v for k, v in (("short_side", args.size), ("stride", args.stride)) if v is not None}
     if args.window is not None:
         overrides["window"] = args.window or None
-    kwargs = dict(method=args.method or "clearclip", refine=args.refine, variant=args.variant, limit=args.limit,
+    kwargs = dict(method=args.method or "clearclip", refine=args.refine, sfr=bool(args.sfr), variant=args.variant, limit=args.limit,
                   progress=not args.no_progress, **overrides)
     if args.benchmark == "all":
         _need(args, "data_root", "--benchmark all needs --data-root DIR (the folder holding the eight benchmarks)")

@@ -22,6 +22,7 @@ from ..datasets.segmentation_benchmarks import BENCHMARKS, IGNORE_INDEX, benchma
 from ..dense import resolve_method
 from ..errors import InputError
 from ..refine import check_refine
+from ..resclip_sfr import check_sfr
 from ..segmentation import check_window
 from ..transforms import segmentation_input
 from ..zero_shot import resolve_templates
@@ -41,11 +42,12 @@ def protocol_size(height: int, width: int, short_side: int, max_long_side: int) 
 
 def benchmark_segmentation(model, name: str, root, method: str = "clearclip", refine: Optional[str] = None,
                            variant: Optional[str] = None, limit: Optional[int] = None, progress: bool = True,
-                           **overrides) -> dict:
+                           sfr: bool = False, **overrides) -> dict:
     """Evaluate ``model``'s dense ``method`` on benchmark ``name`` in folder ``root`` -> results dict.
 
     ``refine``: a post-process of the scores (``"pamr"``, ``maskclip.refine``), before the logit
-    scale and softmax, as NACLIP applies it. ``variant``: another repository's settings (``"naclip"``).
+    scale and softmax, as NACLIP applies it. ``sfr``: ResCLIP's semantic feedback refinement
+    (``method="resclip"`` only; ``maskclip.resclip_sfr``). ``variant``: another repository's settings (``"naclip"``).
     ``limit``: the first ``limit`` images only. ``overrides``: any of ``OVERRIDABLE``
     (``window=None`` scores the whole image), recorded in the results.
     """
@@ -57,6 +59,7 @@ def benchmark_segmentation(model, name: str, root, method: str = "clearclip", re
     spec.update(overrides)
     method = resolve_method(method)
     refine = check_refine(refine)
+    sfr = check_sfr(sfr, method)
     data = open_benchmark(name, root, "val")
     n = len(data) if limit is None else _check_limit(limit, len(data))
     window, stride = check_window(spec["window"], spec["stride"], model.config.vision.patch_size)
@@ -73,7 +76,7 @@ def benchmark_segmentation(model, name: str, root, method: str = "clearclip", re
             size = protocol_size(image.height, image.width, spec["short_side"], spec["max_long_side"])
             x, out_size = segmentation_input(image, model.config.preprocess, size=size)
             target = metrics.target_mask(sample.mask, out_size, n_cls, f"mask {sample.meta['mask']!r}")
-            scores = model._segmentation_scores(x, out_size, classifier, method, window, stride, refine)
+            scores = model._segmentation_scores(x, out_size, classifier, method, window, stride, refine, sfr=sfr)
             probs = class_probabilities(scores, owner, n_cls, spec["logit_scale"])
             label = predict(probs, bg, spec["prob_threshold"], spec["area_threshold"])
             confusion += metrics.confusion_matrix(label, target, n_cls, IGNORE_INDEX)
@@ -86,6 +89,7 @@ def benchmark_segmentation(model, name: str, root, method: str = "clearclip", re
         "model": model.config.name,
         "method": method,
         "refine": refine,
+        "sfr": sfr,
         "n": n,
         "limit": limit,
         "miou": metrics.mean_iou(confusion),
@@ -120,6 +124,7 @@ def all_benchmarks(model, data_root, names: Optional[Sequence[str]] = None, **kw
         "model": model.config.name,
         "method": next(iter(results.values()))["method"],
         "refine": kwargs.get("refine"),
+        "sfr": bool(kwargs.get("sfr", False)),
         "average_miou": float(np.mean(mious)) if all(math.isfinite(m) for m in mious) else float("nan"),
         "miou": {n: r["miou"] for n, r in results.items()},
         "benchmarks": results,
