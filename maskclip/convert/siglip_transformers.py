@@ -62,11 +62,15 @@ class _Tower(NamedTuple):
 class _Arch(NamedTuple):
     vision: _Tower
     patch: int
-    grid: int  # patches per side
+    image: int  # the patch grid is image // patch per side: both layouts drop the remainder
     text: _Tower
     vocab: int
     context: int
     embed_dim: int
+
+    @property
+    def patches(self) -> int:  # tokens of the patch grid
+        return (self.image // self.patch) ** 2
 
 
 # --- the key table ---------------------------------------------------------------------------
@@ -123,8 +127,8 @@ def _vision_pairs(arch: _Arch) -> List[_Pair]:
     pairs = [_same(f"{oc}.patch_embed.proj.weight", f"{hf}.embeddings.patch_embedding.weight",
                    (d, 3, arch.patch, arch.patch)),
              _same(f"{oc}.patch_embed.proj.bias", f"{hf}.embeddings.patch_embedding.bias", (d,)),
-             _Pair((f"{oc}.pos_embed",), ((1, arch.grid ** 2, d),),
-                   (f"{hf}.embeddings.position_embedding.weight",), ((arch.grid ** 2, d),))]
+             _Pair((f"{oc}.pos_embed",), ((1, arch.patches, d),),
+                   (f"{hf}.embeddings.position_embedding.weight",), ((arch.patches, d),))]
     for i in range(v.layers):
         pairs += _block(f"{oc}.blocks.{i}", f"{hf}.encoder.layers.{i}", v, _TIMM_BLOCK)
     pool, head = f"{oc}.attn_pool", f"{hf}.head"
@@ -346,7 +350,7 @@ def _oc_arch(model_cfg: Mapping[str, Any]) -> Tuple[_Arch, str]:
     t = {**_TEXT_DEFAULTS, **{k: t_cfg[k] for k in _TEXT_DEFAULTS if k in t_cfg}}
     text = _Tower(t["width"], t["layers"], t["heads"], int(t["width"] * t["mlp_ratio"]),
                   _oc_text_act(t_cfg, bool(model_cfg.get("quick_gelu", False))), _oc_eps(t_cfg))
-    arch = _Arch(timm_tower.tower, timm_tower.patch, image // timm_tower.patch, text, t["vocab_size"],
+    arch = _Arch(timm_tower.tower, timm_tower.patch, image, text, t["vocab_size"],
                  t["context_length"], embed_dim)
     _check_timm_structure(name, timm_tower, arch)
     return arch, name
@@ -401,11 +405,9 @@ def _hf_arch(hf_config: Any) -> _Arch:
                           "projection (timm_proj 'none'), so the two must be equal")
     image = square_size(v["image_size"], "transformers vision_config.image_size")
     patch = square_size(v["patch_size"], "transformers vision_config.patch_size")
-    if image % patch:
-        raise ConfigError(f"transformers vision_config.image_size = {image} is not a multiple of patch_size {patch}")
     towers = [_Tower(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["intermediate_size"],
                      c["hidden_act"], float(c["layer_norm_eps"])) for c in (v, t)]
-    return _Arch(towers[0], patch, image // patch, towers[1], t["vocab_size"], t["max_position_embeddings"], embed_dim)
+    return _Arch(towers[0], patch, image, towers[1], t["vocab_size"], t["max_position_embeddings"], embed_dim)
 
 
 def _hf_config(arch: _Arch) -> Dict[str, Any]:
@@ -418,7 +420,7 @@ def _hf_config(arch: _Arch) -> Dict[str, Any]:
                         "projection_size": arch.embed_dim},
         "vision_config": {"model_type": "siglip_vision_model", "hidden_size": v.width, "intermediate_size": v.mlp,
                           "num_hidden_layers": v.layers, "num_attention_heads": v.heads, "num_channels": 3,
-                          "image_size": arch.grid * arch.patch, "patch_size": arch.patch, "hidden_act": v.act,
+                          "image_size": arch.image, "patch_size": arch.patch, "hidden_act": v.act,
                           "layer_norm_eps": v.eps, "vision_use_head": True},
     }
 
@@ -437,7 +439,7 @@ def _find_timm_tower(arch: _Arch, allow_act_change: bool) -> str:
     """The timm SigLIP tower with ``arch``'s vision facts (its name is all open_clip's config can say)."""
     import timm  # lazily, as in _timm_tower
 
-    size = arch.grid * arch.patch
+    size = arch.image
     pattern = f"vit_*_patch{arch.patch}_siglip_{size}"
     tried, only_act = [], False
     for name in timm.list_models(pattern):
@@ -474,7 +476,7 @@ def _oc_config(arch: _Arch, timm_name: str, tokenizer_name: str) -> Dict[str, An
                                  "custom_text": True}
     if t.act == "quick_gelu":
         model_cfg["quick_gelu"] = True
-    model_cfg["vision_cfg"] = {"image_size": arch.grid * arch.patch, "timm_model_name": timm_name,
+    model_cfg["vision_cfg"] = {"image_size": arch.image, "timm_model_name": timm_name,
                                "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none"}
     model_cfg["text_cfg"] = text_cfg
     return model_cfg
@@ -641,7 +643,7 @@ def read_siglip_transformers_folder(folder, *, tokenizer_name: Optional[str] = N
                                            allow_act_change=allow_act_change)
     pp_path = folder / _HF_PREPROCESSOR
     preprocess = siglip_preprocess_cfg(read_json(pp_path) if pp_path.is_file() else None,
-                                       arch.grid * arch.patch)
+                                       arch.image)
     return {"model_cfg": model_cfg, "preprocess_cfg": preprocess}, sd
 
 
