@@ -266,7 +266,7 @@ def _check_timm_structure(name: str, timm_tower: _TimmTower, arch: _Arch) -> Non
 
 # open_clip config fields: ("map",) = translated; ("ignore",) = training-only, or changes nothing
 # the conversion carries; ("is", value, default) = the field (open_clip's default when absent) must
-# be ``value``, anything else is a model SiglipModel cannot express.
+# be ``value`` (or one of a tuple of values), anything else is a model SiglipModel cannot express.
 _VISION_FIELDS = {
     "image_size": ("map",), "timm_model_name": ("map",), "timm_model_pretrained": ("ignore",),
     "timm_drop": ("ignore",), "timm_drop_path": ("ignore",), "patch_dropout": ("ignore",),
@@ -281,7 +281,7 @@ _TEXT_FIELDS = {
     "no_causal_mask": ("is", True, False), "pool_type": ("is", "last", "argmax"),
     "proj_type": ("is", "linear", "linear"), "proj_bias": ("is", True, False), "ls_init_value": ("is", None, None),
     "embed_cls": ("is", False, False),
-    "final_ln_after_pool": ("is", False, False), "block_type": ("is", None, None), "qk_norm": ("is", False, False),
+    "final_ln_after_pool": ("is", False, False), "block_type": ("is", (None, "default"), None), "qk_norm": ("is", False, False),
     "scaled_cosine_attn": ("is", False, False), "scale_heads": ("is", False, False),
     "scale_attn_inner": ("is", False, False), "scale_attn": ("is", False, False), "scale_fc": ("is", False, False),
     "hf_model_name": ("is", None, None),
@@ -303,10 +303,12 @@ def _check_fields(cfg: Any, spec: Mapping[str, tuple], where: str) -> None:
         raise ConfigError(f"open_clip {where} has the fields {unknown}, which the SigLIP conversion does not know "
                           f"(known: {sorted(spec)}); refusing to convert a model it might get wrong")
     for key, rule in spec.items():
-        if rule[0] == "is" and cfg.get(key, rule[2]) != rule[1]:
-            raise ConfigError(f"open_clip {where}.{key} = {cfg.get(key, rule[2])!r}"
-                              f"{'' if key in cfg else ' (its default)'}: transformers' SiglipModel needs "
-                              f"{rule[1]!r}")
+        if rule[0] != "is":
+            continue
+        value, accepted = cfg.get(key, rule[2]), rule[1] if isinstance(rule[1], tuple) else (rule[1],)
+        if value not in accepted:
+            raise ConfigError(f"open_clip {where}.{key} = {value!r}{'' if key in cfg else ' (its default)'}: "
+                              f"transformers' SiglipModel needs {' or '.join(map(repr, accepted))}")
 
 
 def _oc_text_act(text_cfg: Mapping[str, Any], quick_gelu: bool) -> str:
