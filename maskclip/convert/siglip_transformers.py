@@ -443,16 +443,27 @@ def _find_timm_tower(arch: _Arch, allow_act_change: bool) -> str:
 
     size = arch.image
     pattern = f"vit_*_patch{arch.patch}_siglip_{size}"
-    tried, only_act = [], False
+    tried, act_only = [], []
     for name in timm.list_models(pattern):
-        found = _timm_tower(name)
-        diffs = [field for field in _Tower._fields if getattr(found.tower, field) != getattr(arch.vision, field)]
-        only_act = only_act or diffs == ["act"]
-        if not diffs or (allow_act_change and diffs == ["act"]):
-            _check_timm_structure(name, found, arch)
-            return name
+        try:
+            found = _timm_tower(name)
+        except ConfigError as e:  # a name of the pattern that is no SigLIP tower
+            tried.append(str(e))
+            continue
+        diffs = [f for f in _Tower._fields if getattr(found.tower, f) != getattr(arch.vision, f)]
+        if diffs in ([], ["act"]):
+            try:
+                _check_timm_structure(name, found, arch)
+            except ConfigError as e:
+                tried.append(str(e))
+                continue
+            if not diffs:
+                return name
+            act_only.append(name)
         tried.append(f"{name}: " + ", ".join(f"{f} {getattr(found.tower, f)!r} (transformers "
                                             f"{getattr(arch.vision, f)!r})" for f in diffs))
+    if act_only and allow_act_change:
+        return act_only[0]
     v = arch.vision
     raise ConfigError(
         f"no timm SigLIP tower ({pattern}) matches transformers' vision_config (hidden_size {v.width}, "
@@ -460,7 +471,7 @@ def _find_timm_tower(arch: _Arch, allow_act_change: bool) -> str:
         f"{v.act!r}, layer_norm_eps {v.eps}, patch_size {arch.patch}, image_size {size}); open_clip names its vision "
         f"tower by a timm model, so it cannot express this one. Tried: {tried or 'none registered'}"
         + ("; allow_act_change=True converts to the tower that differs only in its activation (the model's "
-           "outputs then change)" if only_act else ""))
+           "outputs then change)" if act_only else ""))
 
 
 def _oc_config(arch: _Arch, timm_name: str, tokenizer_name: str) -> Dict[str, Any]:
