@@ -327,8 +327,8 @@ def _oc_eps(text_cfg: Mapping[str, Any]) -> float:
     return float(kwargs.get("eps", _OC_LN_EPS))
 
 
-def _oc_arch(model_cfg: Mapping[str, Any]) -> Tuple[_Arch, str]:
-    """An open_clip SigLIP model config -> its architecture and timm tower name (checked against timm)."""
+def _oc_arch(model_cfg: Mapping[str, Any]) -> _Arch:
+    """An open_clip SigLIP model config -> its architecture (the vision tower's read from timm)."""
     _check_fields(model_cfg, _MODEL_FIELDS, "model_cfg")
     v_cfg, t_cfg = model_cfg.get("vision_cfg"), model_cfg.get("text_cfg")
     _check_fields(v_cfg, _VISION_FIELDS, "model_cfg.vision_cfg")
@@ -355,7 +355,7 @@ def _oc_arch(model_cfg: Mapping[str, Any]) -> Tuple[_Arch, str]:
     arch = _Arch(timm_tower.tower, timm_tower.patch, image, text, t["vocab_size"],
                  t["context_length"], embed_dim)
     _check_timm_structure(name, timm_tower, arch)
-    return arch, name
+    return arch
 
 
 # --- transformers' side: config.json ----------------------------------------------------------
@@ -509,7 +509,7 @@ def siglip_open_clip_to_hf(open_clip_model_cfg: Mapping[str, Any],
     pooling or projection, a causal text mask, a text tower without projection, ...) and
     ``WeightsError`` for missing, unexpected or misshapen keys.
     """
-    arch, _ = _oc_arch(open_clip_model_cfg)
+    arch = _oc_arch(open_clip_model_cfg)
     return _hf_config(arch), _convert(state_dict, _pairs(arch), to_hf=True)
 
 
