@@ -7,8 +7,8 @@ ids of open_clip's `HFTokenizer` and of transformers' `AutoTokenizer` for the sa
   here without protobuf or sentencepiece);
 - open_clip's `open_clip_config.json`: `text_cfg.context_length` and `text_cfg.tokenizer_kwargs`
   (`clean`: "canonicalize", "lower" or "whitespace", the default; `strip_sep_token`);
-- transformers' `tokenizer_config.json` / `special_tokens_map.json`: the tokenizer class, pad/eos/bos
-  tokens, `add_bos_token` / `add_eos_token`, `model_max_length`.
+- transformers' `tokenizer_config.json` / `special_tokens_map.json`: the tokenizer class, the pad and
+  eos tokens, `model_max_length`; special tokens around the text come from tokenizer.json's post-processor.
 
 Per text: open_clip's clean-up (only when the folder has an open_clip config, as open_clip applies it
 and transformers does not) -> the tokenizers pipeline -> the special tokens around the ids (SigLIP:
@@ -128,11 +128,11 @@ def _unigram_pipeline(tk, charsmap: bytes, compose: bool, prefix: bool = True, s
     }
 
 
-def _tokenizer_from_spiece(tk, spm: SentencePieceModel, special_tokens: list):
-    """A tokenizers.Tokenizer equal to sentencepiece for a Unigram model, with `special_tokens` matched in text."""
+def _tokenizer_from_spiece(tk, spm: SentencePieceModel, special_tokens: list, compose: bool):
+    """A tokenizers.Tokenizer for a Unigram model, with `special_tokens` matched in text (see _unigram_pipeline)."""
     vocab = [(piece, score) for piece, score, _ in spm.pieces]
     tokenizer = tk.Tokenizer(tk.models.Unigram(vocab, spm.unk_id, spm.byte_fallback))
-    pipeline = _unigram_pipeline(tk, spm.charsmap, True, spm.add_dummy_prefix, spm.remove_extra_whitespaces)
+    pipeline = _unigram_pipeline(tk, spm.charsmap, compose, spm.add_dummy_prefix, spm.remove_extra_whitespaces)
     for name, part in pipeline.items():
         if part is not None:
             setattr(tokenizer, name, part)
@@ -203,11 +203,16 @@ class _Settings:
                               f"{list(CLEAN_MODES)}, got {clean!r}")
         return clean
 
+    def runs_sentencepiece(self, spm_only: bool) -> bool:
+        """Whether transformers would build a SiglipTokenizer, which runs sentencepiece itself (not `tokenizers`):
+        its class named, or a bare spiece.model with no class."""
+        return self.tokenizer_class == "SiglipTokenizer" or (spm_only and self.tokenizer_class is None)
+
     def siglip_canonicalize(self, spm_only: bool) -> Optional[str]:
-        """'lower'/'cased' when transformers would build a SiglipTokenizer (its class, or a bare spiece.model)."""
-        if self.tokenizer_class == "SiglipTokenizer" or (spm_only and self.tokenizer_class is None):
-            return "lower" if (self.config or {}).get("do_lower_case", True) else "cased"
-        return None
+        """'lower'/'cased' (its do_lower_case) when SiglipTokenizer's own clean-up applies, else None."""
+        if not self.runs_sentencepiece(spm_only):
+            return None
+        return "lower" if (self.config or {}).get("do_lower_case", True) else "cased"
 
     def strip_sep_token(self) -> bool:
         return bool((self.text_cfg.get("tokenizer_kwargs") or {}).get("strip_sep_token", False))
@@ -272,8 +277,6 @@ class SentencePieceTokenizer:
         self._strip_sep_id = strip_sep_id
         self._files = dict(files or {})
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-        if len(self._before) + len(self._after) >= MAX_CONTEXT_LENGTH:
-            raise InputError("the special tokens alone exceed any context length")
 
     @classmethod
     def from_folder(cls, folder, context_length: Optional[int] = None) -> "SentencePieceTokenizer":
@@ -300,7 +303,8 @@ class SentencePieceTokenizer:
             eos, unk = settings.token("eos_token", spm.eos_piece), settings.token("unk_token", spm.unk_piece)
             default_pad = "</s>" if settings.tokenizer_class in (None, "SiglipTokenizer") else spm.pad_piece
             pad = settings.token("pad_token", default_pad)
-            tokenizer = _tokenizer_from_spiece(tk, spm, [t for t in (eos, unk, pad) if t])
+            tokenizer = _tokenizer_from_spiece(tk, spm, [t for t in (eos, unk, pad) if t],
+                                               compose=settings.runs_sentencepiece(spm_only=True))
             before, after = (), _ids_of(tokenizer, [eos], spm_path)
             files = {SPIECE_MODEL: spm_path.read_bytes()}
         else:
@@ -325,7 +329,7 @@ class SentencePieceTokenizer:
             if (folder / name).is_file():
                 files[name] = (folder / name).read_bytes()
         return cls(tokenizer, context_length=length, pad_id=pad_id, before=before, after=after,
-                   clean=settings.clean(), siglip_canonicalize=settings.siglip_canonicalize(spm_only=not json_path.is_file()),
+                   clean=settings.clean(), siglip_canonicalize=settings.siglip_canonicalize(TOKENIZER_JSON not in files),
                    strip_sep_id=strip_sep_id, files=files)
 
     # ---- tokenizing ----
@@ -423,7 +427,7 @@ class SentencePieceTokenizer:
 
     def __repr__(self) -> str:
         return (f"SentencePieceTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
-                f"pad_id={self.pad_id}, clean={self.clean!r})")
+                f"pad_id={self.pad_id}, clean={self.clean!r}, siglip_canonicalize={self.siglip_canonicalize!r})")
 
 
 def _ids_of(tokenizer, tokens: list, path: Path) -> tuple:
@@ -453,20 +457,16 @@ def _load_tokenizer_json(tk, path: Path, data: bytes, settings: _Settings, t5_li
                           "tokenizer.json of a SentencePiece repo (Unigram or BPE model)") from e
     tokenizer.no_truncation()  # truncation and padding are ours (a file may carry its own settings)
     tokenizer.no_padding()
-    config = settings.config or {}
     if t5_like and spec["model"].get("type") == "Unigram":
-        compose = settings.tokenizer_class == "SiglipTokenizer"  # transformers runs sentencepiece itself for it
-        pipeline = _unigram_pipeline(tk, _charsmap(spec.get("normalizer")), compose)
+        pipeline = _unigram_pipeline(tk, _charsmap(spec.get("normalizer")), settings.runs_sentencepiece(False))
         tokenizer.normalizer, tokenizer.pre_tokenizer = pipeline["normalizer"], pipeline["pre_tokenizer"]
-    if settings.tokenizer_class == "Siglip2Tokenizer" and tokenizer.normalizer is not None:
-        tokenizer.normalizer = tk.normalizers.Sequence([tk.normalizers.Lowercase(), tokenizer.normalizer])
+    if settings.tokenizer_class == "Siglip2Tokenizer":  # transformers' class lowercases before Gemma's normalizer
+        rest = [tokenizer.normalizer] if tokenizer.normalizer is not None else []
+        tokenizer.normalizer = tk.normalizers.Sequence([tk.normalizers.Lowercase(), *rest])
     if t5_like:  # transformers' T5Tokenizer and SiglipTokenizer always append eos, whatever the file says
         return tokenizer, (), _ids_of(tokenizer, [settings.token("eos_token", "</s>")], path)
-    if "add_bos_token" in config or "add_eos_token" in config:  # transformers rebuilds the template from these
-        before = [settings.token("bos_token", None)] if config.get("add_bos_token") else []
-        after = [settings.token("eos_token", None)] if config.get("add_eos_token") else []
-        return tokenizer, _ids_of(tokenizer, [t for t in before if t], path), \
-            _ids_of(tokenizer, [t for t in after if t], path)
+    # The file's template, not tokenizer_config's add_bos_token/add_eos_token: transformers (>= 5) ignores
+    # those when there is a tokenizer.json, and the SigLIP2 repos' two agree.
     before, after = _template_ids(spec.get("post_processor"), path)
     return tokenizer, before, after
 
