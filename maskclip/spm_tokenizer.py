@@ -195,6 +195,10 @@ class _Settings:
         if self.open_clip is None:
             return None
         kwargs = self.text_cfg.get("tokenizer_kwargs") or {}
+        mode = self.text_cfg.get("tokenizer_mode")
+        if mode:  # open_clip's "clips" mode re-arranges the special tokens
+            raise ConfigError(f"{OPEN_CLIP_CONFIG}: text_cfg.tokenizer_mode {mode!r} is not supported; "
+                              "maskclip tokenizes as open_clip's standard HFTokenizer mode (no tokenizer_mode)")
         # open_clip's HFTokenizer defaults to "whitespace"; SigLipTokenizer (no hf_tokenizer_name) canonicalizes.
         default = "whitespace" if self.text_cfg.get("hf_tokenizer_name") else "canonicalize"
         clean = kwargs.get("clean", default)

@@ -428,6 +428,15 @@ def test_unknown_clean_mode_and_missing_pad_token_are_refused(folders, tmp_path)
         SentencePieceTokenizer.from_folder(tmp_path / "p", context_length=64)
 
 
+def test_open_clip_tokenizer_mode_is_refused(folders, tmp_path):
+    config = sf.open_clip_config("x", 256000)
+    config["model_cfg"]["text_cfg"]["tokenizer_mode"] = "clips"
+    sf.write(tmp_path / "m", {"tokenizer.json": (folders["siglip2_open_clip"] / "tokenizer.json").read_bytes(),
+                              "tokenizer_config.json": sf.GEMMA_CONFIG, "open_clip_config.json": config})
+    with pytest.raises(ConfigError, match="tokenizer_mode 'clips' is not supported"):
+        SentencePieceTokenizer.from_folder(tmp_path / "m")
+
+
 def test_corrupt_json_settings_file_is_refused_naming_it(folders, tmp_path):
     tokenizer_json = (folders["siglip2_open_clip"] / "tokenizer.json").read_text(encoding="utf-8")
     sf.write(tmp_path / "c", {"tokenizer.json": tokenizer_json, "tokenizer_config.json": "{not json"})
