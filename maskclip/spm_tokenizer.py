@@ -38,7 +38,7 @@ import torch
 
 from .atomic import atomic_write
 from .errors import ConfigError, InputError, InputTypeError, ModelNotFoundError
-from .spiece_model import SentencePieceModel, read_sentencepiece_model
+from .spiece_model import CONTROL, UNKNOWN, SentencePieceModel, read_sentencepiece_model
 from .tokenizer import MAX_CONTEXT_LENGTH, _FTFY_INERT_RE, _as_id_list, _as_text_list, _check_context_length
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -136,9 +136,12 @@ def _tokenizer_from_spiece(tk, spm: SentencePieceModel, special_tokens: list, co
     for name, part in pipeline.items():
         if part is not None:
             setattr(tokenizer, name, part)
+    # Control pieces (<pad>, </s>, ...) and the unknown piece are special tokens, matched in the raw text,
+    # as transformers' converters make them.
     piece_ids = {piece: i for i, (piece, _, _) in enumerate(spm.pieces)}
-    tokenizer.add_special_tokens([tk.AddedToken(t, normalized=False, special=True)
-                                  for t in special_tokens if t in piece_ids])
+    specials = [piece for piece, _, kind in spm.pieces if kind in (CONTROL, UNKNOWN)]
+    specials += [t for t in special_tokens if t in piece_ids and t not in specials]
+    tokenizer.add_special_tokens([tk.AddedToken(t, normalized=False, special=True) for t in specials])
     return tokenizer
 
 

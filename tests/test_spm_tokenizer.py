@@ -12,6 +12,8 @@ import threading
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tokenizer_corpus import FIXED, corpus
 
@@ -24,6 +26,8 @@ import spm_files as sf  # noqa: E402
 
 TEXTS = corpus(700, 0)
 TRAINING_TEXTS = [t.encode("utf-8", "replace").decode() for t in corpus(500, 1)[len(FIXED):]]
+# Special-token texts: without open_clip's clean-up they are special tokens in the text, as in transformers.
+SPECIAL_TEXTS = ["a </s> b", "<pad>x", "x<unk>", " <pad> ", "<eos><bos>", "<mask> a", "▁▁a▁ b"]
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +118,7 @@ def test_open_clip_layout_ids_equal_open_clip_hf_tokenizer_on_corpus(folders, na
 def test_transformers_layout_ids_equal_auto_tokenizer_on_corpus(folders, name):
     ours = SentencePieceTokenizer.from_folder(folders[name])
     assert ours.context_length == 64 and ours.clean is None
-    texts = _valid_unicode(TEXTS)
+    texts = _valid_unicode(TEXTS) + SPECIAL_TEXTS
     _assert_rows_equal(ours(texts), _transformers_reference(folders[name], 64)(texts), texts)
 
 
@@ -128,7 +132,7 @@ def test_siglip2_lowercases_only_for_siglip2_tokenizer_class(folders):
 def test_spiece_model_gives_the_ids_of_the_same_vocabulary_as_tokenizer_json(folders):
     from_spiece = SentencePieceTokenizer.from_folder(folders["t5_spiece"])
     from_json = SentencePieceTokenizer.from_folder(folders["t5_transformers"])
-    texts = _valid_unicode(TEXTS)
+    texts = _valid_unicode(TEXTS) + SPECIAL_TEXTS
     _assert_rows_equal(from_spiece(texts), from_json(texts), texts)
     assert from_spiece.vocab_size == from_json.vocab_size and from_spiece.pad_id == from_json.pad_id == 1
 
@@ -167,6 +171,16 @@ def test_spiece_model_alone_equals_transformers_siglip_tokenizer_running_sentenc
         assert sum(pieces[i][1] for i in a) == pytest.approx(sum(pieces[i][1] for i in b), abs=1e-4), text
         ties += 1
     assert ties <= len(texts) // 50
+
+
+def test_siglip_tokenizer_layout_canonicalizes_special_token_texts_away_as_big_vision(unigram_pieces, tmp_path):
+    """SiglipTokenizer would keep a literal "</s>" as eos; SigLIP was trained on sentencepiece alone, which
+    never matches special tokens in text, and canonicalization then drops their punctuation."""
+    folder = sf.write(tmp_path / "siglip", {"spiece.model": sf.spiece_bytes(unigram_pieces),
+                                            "tokenizer_config.json": sf.SIGLIP_CONFIG})
+    ours = SentencePieceTokenizer.from_folder(folder)
+    assert ours.siglip_canonicalize == "lower"
+    assert ours.encode("A </s> B, <unk>!") == ours.encode("a s b unk")
 
 
 def test_spiece_reader_matches_sentencepiece_own_parser(sentencepiece_model):
@@ -473,3 +487,29 @@ def test_lone_surrogate_is_refused_without_clean_and_repaired_with_it(folders):
         SentencePieceTokenizer.from_folder(folders["siglip2_transformers"])(["ok", "bad \ud83d"])
     cleaned = SentencePieceTokenizer.from_folder(folders["siglip2_open_clip"])
     assert torch.equal(cleaned("bad \ud83d"), cleaned("bad \ufffd"))
+
+
+@pytest.fixture(scope="module")
+def open_clip_pairs(folders):
+    """(ours, open_clip's HFTokenizer) for the SigLIP and SigLIP2 open_clip-layout folders."""
+    return [(SentencePieceTokenizer.from_folder(folders[name]), _open_clip_reference(folders[name]))
+            for name in ("siglip_open_clip", "siglip2_open_clip")]
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(text=st.text(max_size=80))
+def test_ids_equal_open_clip_on_arbitrary_unicode(open_clip_pairs, text):
+    for ours, reference in open_clip_pairs:
+        assert torch.equal(ours(text), reference(text))
+
+
+@pytest.mark.parametrize("text", [
+    "ΣΊΣΥΦΟΣ ΟΔΟΣ",  # final sigma
+    "a </s> b <pad> <unk> <eos>",  # special-token texts: canonicalize strips their punctuation first
+    "cafe\u0301 nai\u0308ve \u1100\u1161",  # decomposed accents and Hangul jamo (ftfy composes them)
+    "¯\\_(ツ)_/¯ ¨b",  # NFKC turns ¯ and ¨ into a space plus a combining mark
+    "x" * 500,  # one very long word
+])
+def test_known_pitfalls_match_open_clip(open_clip_pairs, text):
+    for ours, reference in open_clip_pairs:
+        assert torch.equal(ours(text), reference(text))
