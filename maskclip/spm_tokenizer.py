@@ -336,13 +336,14 @@ class SentencePieceTokenizer:
             if (folder / name).is_file():
                 files[name] = (folder / name).read_bytes()
         return cls(tokenizer, context_length=length, pad_id=pad_id, before=before, after=after,
-                   clean=settings.clean(), siglip_canonicalize=settings.siglip_canonicalize(TOKENIZER_JSON not in files),
+                   clean=settings.clean(),
+                   siglip_canonicalize=settings.siglip_canonicalize(spm_only=TOKENIZER_JSON not in files),
                    strip_sep_id=strip_sep_id, files=files)
 
     # ---- tokenizing ----
 
     def _prepare(self, texts: list) -> list:
-        """Clean texts as open_clip, then SiglipTokenizer, do; reject lone surrogates, which `tokenizers` cannot take."""
+        """Clean texts as open_clip, then SiglipTokenizer, would; refuse lone surrogates (tokenizers can't take them)."""
         if self._clean is not None:
             texts = [self._clean(text) for text in texts]  # ftfy replaces lone surrogates
         else:

@@ -106,7 +106,7 @@ def spiece_bytes(pieces: list, unk_id: int = 2, eos_id: int = 1, pad_id: int = 0
 
 
 def gemma_shaped_json(texts: list, vocab_size: int = 1000) -> str:
-    """tokenizer.json in the shape of Gemma's (SigLIP2): byte-fallback BPE, spaces as ▁, no pre-tokenizer, `$A <eos>`."""
+    """tokenizer.json in Gemma's shape (SigLIP2): byte-fallback BPE, spaces as ▁, no pre-tokenizer, `$A <eos>`."""
     trainer_tokenizer = tk.Tokenizer(tk.models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     trainer_tokenizer.normalizer = tk.normalizers.Replace(" ", "▁")
     trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=GEMMA_SPECIALS, show_progress=False)
@@ -127,7 +127,7 @@ def gemma_shaped_json(texts: list, vocab_size: int = 1000) -> str:
 
 
 def build_repos(root, unigram_pieces: list, gemma_json: str) -> dict:
-    """{name: folder} of SigLIP-like (Unigram) and SigLIP2-like (Gemma BPE) repos in open_clip and transformers layouts."""
+    """{name: folder}: SigLIP-like (Unigram) and SigLIP2-like (Gemma BPE) repos, open_clip and transformers layouts."""
     t5_json = t5_shaped_json(unigram_pieces, 2)
     vocab = len(unigram_pieces)
     return {
@@ -137,7 +137,8 @@ def build_repos(root, unigram_pieces: list, gemma_json: str) -> dict:
         "t5_transformers": write(root / "t5_transformers", {
             "tokenizer.json": t5_json, "tokenizer_config.json": dict(T5_CONFIG, model_max_length=64)}),
         "t5_spiece": write(root / "t5_spiece", {
-            "spiece.model": spiece_bytes(unigram_pieces), "tokenizer_config.json": dict(T5_CONFIG, model_max_length=64)}),
+            "spiece.model": spiece_bytes(unigram_pieces),
+            "tokenizer_config.json": dict(T5_CONFIG, model_max_length=64)}),
         "siglip2_open_clip": write(root / "siglip2_open_clip", {
             "tokenizer.json": gemma_json, "open_clip_config.json": open_clip_config("timm/ViT-B-16-SigLIP2", 256000),
             "tokenizer_config.json": GEMMA_CONFIG, "special_tokens_map.json": GEMMA_SPECIAL_MAP}),

@@ -74,7 +74,8 @@ def spm_folders(tmp_path_factory, sentencepiece_model):
         "t5_transformers": sf.write(root / "t5_transformers", {
             "tokenizer.json": t5_json, "tokenizer_config.json": dict(sf.T5_CONFIG, model_max_length=64)}),
         "siglip_transformers": sf.write(root / "siglip_transformers", {
-            "spiece.model": data, "tokenizer_config.json": sf.SIGLIP_CONFIG, "special_tokens_map.json": sf.T5_SPECIAL_MAP}),
+            "spiece.model": data, "tokenizer_config.json": sf.SIGLIP_CONFIG,
+            "special_tokens_map.json": sf.T5_SPECIAL_MAP}),
     }
 
 
@@ -243,6 +244,17 @@ def test_rows_are_ids_then_eos_then_padding(folders):
     assert siglip2("a photo of a dog")[0].tolist() == ids + [1] + [0] * (64 - len(ids) - 1)  # <eos>, then <pad>
 
 
+def test_rows_are_padded_on_the_right_even_where_transformers_would_pad_left(folders, tmp_path):
+    """GemmaTokenizer pads on the left unless tokenizer_config says "right"; SigLIP2 was trained right-padded."""
+    config = {k: v for k, v in sf.GEMMA_CONFIG.items() if k != "padding_side"}
+    folder = sf.write(tmp_path / "left", {
+        "tokenizer.json": (folders["siglip2_open_clip"] / "tokenizer.json").read_bytes(),
+        "tokenizer_config.json": dict(config, model_max_length=64)})
+    ours = SentencePieceTokenizer.from_folder(folder)
+    ids = ours.encode("a photo of a dog")
+    assert ours("a photo of a dog")[0].tolist() == ids + [1] + [0] * (63 - len(ids))
+
+
 def test_empty_and_whitespace_only_texts_give_eos_then_padding(folders):
     ours = SentencePieceTokenizer.from_folder(folders["siglip2_open_clip"])
     for text in ["", " ", "\t\n \u3000"]:
@@ -305,7 +317,8 @@ def test_pad_id_and_vocab_size_equal_transformers(folders):
     from transformers import AutoTokenizer
 
     for name in ["t5_transformers", "siglip2_transformers"]:
-        ours, theirs = SentencePieceTokenizer.from_folder(folders[name]), AutoTokenizer.from_pretrained(str(folders[name]))
+        ours = SentencePieceTokenizer.from_folder(folders[name])
+        theirs = AutoTokenizer.from_pretrained(str(folders[name]))
         assert (ours.pad_id, ours.vocab_size) == (theirs.pad_token_id, len(theirs))
 
 
@@ -369,7 +382,8 @@ def test_bos_in_the_tokenizer_json_template_comes_first_as_in_transformers(folde
     spec = json.loads((folders["siglip2_open_clip"] / "tokenizer.json").read_text(encoding="utf-8"))
     template = tk.processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 2), ("<eos>", 1)])
     spec["post_processor"] = json.loads(template.__getstate__())
-    folder = sf.write(tmp_path / "f", {"tokenizer.json": spec, "tokenizer_config.json": dict(sf.GEMMA_CONFIG, model_max_length=64)})
+    folder = sf.write(tmp_path / "f", {"tokenizer.json": spec,
+                                       "tokenizer_config.json": dict(sf.GEMMA_CONFIG, model_max_length=64)})
     ours = SentencePieceTokenizer.from_folder(folder)
     assert ours("a dog")[0, 0].item() == 2 and ours("a " * 100)[0, -1].item() == 1
     texts = _valid_unicode(TEXTS[:300])
@@ -380,7 +394,8 @@ def test_bos_in_the_tokenizer_json_template_comes_first_as_in_transformers(folde
 
 def test_folder_without_tokenizer_files_is_refused_naming_the_expected_files(tmp_path):
     sf.write(tmp_path / "empty", {"open_clip_config.json": sf.open_clip_config("x", 10)})
-    with pytest.raises(ModelNotFoundError, match=r"has no tokenizer files: expected tokenizer\.json .* or spiece\.model"):
+    expected = r"has no tokenizer files: expected tokenizer\.json .* or spiece\.model"
+    with pytest.raises(ModelNotFoundError, match=expected):
         SentencePieceTokenizer.from_folder(tmp_path / "empty")
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         SentencePieceTokenizer.from_folder(tmp_path / "missing")
@@ -434,7 +449,8 @@ def test_unknown_clean_mode_and_missing_pad_token_are_refused(folders, tmp_path)
     tokenizer_json = (folders["siglip2_open_clip"] / "tokenizer.json").read_text(encoding="utf-8")
     sf.write(tmp_path / "c", {"tokenizer.json": tokenizer_json, "tokenizer_config.json": sf.GEMMA_CONFIG,
                             "open_clip_config.json": sf.open_clip_config("x", 256000, clean="shout")})
-    with pytest.raises(ConfigError, match=r"clean must be one of \['canonicalize', 'lower', 'whitespace'\], got 'shout'"):
+    expected = r"clean must be one of \['canonicalize', 'lower', 'whitespace'\], got 'shout'"
+    with pytest.raises(ConfigError, match=expected):
         SentencePieceTokenizer.from_folder(tmp_path / "c")
     sf.write(tmp_path / "p", {"tokenizer.json": tokenizer_json,
                             "tokenizer_config.json": dict(sf.GEMMA_CONFIG, pad_token="<nope>")})
