@@ -343,7 +343,7 @@ class SentencePieceTokenizer:
     # ---- tokenizing ----
 
     def _prepare(self, texts: list) -> list:
-        """Clean texts as open_clip, then SiglipTokenizer, would; refuse lone surrogates (tokenizers can't take them)."""
+        """Clean texts as open_clip, then SiglipTokenizer, would; refuse lone surrogates (tokenizers cannot)."""
         if self._clean is not None:
             texts = [self._clean(text) for text in texts]  # ftfy replaces lone surrogates
         else:
