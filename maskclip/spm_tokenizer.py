@@ -296,49 +296,37 @@ class SentencePieceTokenizer:
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelNotFoundError(f"tokenizer folder {folder} does not exist or is not a directory")
-        settings = _Settings(folder)
         json_path, spm_path = folder / TOKENIZER_JSON, folder / SPIECE_MODEL
-        t5_like = settings.tokenizer_class in _T5_LIKE_CLASSES
-        if json_path.is_file():
-            data = json_path.read_bytes()
-            tokenizer, before, after = _load_tokenizer_json(tk, json_path, data, settings, t5_like)
-            files = {TOKENIZER_JSON: data}
-            default_pad = "</s>" if settings.tokenizer_class == "SiglipTokenizer" else "<pad>"
-        elif spm_path.is_file():
-            # A folder with only spiece.model is the transformers SigLIP layout: SiglipTokenizer, pad = eos.
-            spm = read_sentencepiece_model(spm_path)
-            eos, unk = settings.token("eos_token", spm.eos_piece), settings.token("unk_token", spm.unk_piece)
-            default_pad = "</s>" if settings.tokenizer_class in (None, "SiglipTokenizer") else spm.pad_piece
-            pad = settings.token("pad_token", default_pad)
-            tokenizer = _tokenizer_from_spiece(tk, spm, [t for t in (eos, unk, pad) if t],
-                                               compose=settings.runs_sentencepiece(spm_only=True))
-            before, after = (), _ids_of(tokenizer, [eos], spm_path)
-            files = {SPIECE_MODEL: spm_path.read_bytes()}
-        else:
+        if not json_path.is_file() and not spm_path.is_file():
             raise ModelNotFoundError(
                 f"{folder} has no tokenizer files: expected {TOKENIZER_JSON} (a `tokenizers` Tokenizer, as "
                 f"open_clip's SigLIP/SigLIP2 repos ship) or {SPIECE_MODEL} (a SentencePiece model, as "
                 "transformers' SigLIP repos ship)")
+        settings = _Settings(folder)
+        length = context_length if context_length is not None else settings.context_length()
+        if length is None:
+            raise ConfigError(f"{folder}: no context length; pass context_length= or ship {OPEN_CLIP_CONFIG} "
+                              f"(text_cfg.context_length) or {TOKENIZER_CONFIG} (model_max_length)")
+        if json_path.is_file():
+            data = json_path.read_bytes()
+            tokenizer, before, after, default_pad = _load_tokenizer_json(tk, json_path, data, settings)
+            files = {TOKENIZER_JSON: data}
+        else:
+            tokenizer, before, after, default_pad = _load_spiece(tk, spm_path, settings)
+            files = {SPIECE_MODEL: spm_path.read_bytes()}
         pad_token = settings.token("pad_token", default_pad)
         pad_id = tokenizer.token_to_id(pad_token) if pad_token else None
         if pad_id is None:
             raise ConfigError(f"{folder}: the pad token {pad_token!r} (from {TOKENIZER_CONFIG} or "
                               f"{SPECIAL_TOKENS_MAP}, or the default) is not in the vocabulary")
-        strip_sep_id = None
-        if settings.strip_sep_token():
-            sep = settings.token("sep_token", None)
-            strip_sep_id = tokenizer.token_to_id(sep) if sep else None
-        length = context_length if context_length is not None else settings.context_length()
-        if length is None:
-            raise ConfigError(f"{folder}: no context length; pass context_length= or ship {OPEN_CLIP_CONFIG} "
-                              f"(text_cfg.context_length) or {TOKENIZER_CONFIG} (model_max_length)")
+        sep = settings.token("sep_token", None) if settings.strip_sep_token() else None
         for name in (TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP):
             if (folder / name).is_file():
                 files[name] = (folder / name).read_bytes()
         return cls(tokenizer, context_length=length, pad_id=pad_id, before=before, after=after,
                    clean=settings.clean(),
                    siglip_canonicalize=settings.siglip_canonicalize(spm_only=TOKENIZER_JSON not in files),
-                   strip_sep_id=strip_sep_id, files=files)
+                   strip_sep_id=tokenizer.token_to_id(sep) if sep else None, files=files)
 
     # ---- tokenizing ----
 
@@ -448,8 +436,9 @@ def _ids_of(tokenizer, tokens: list, path: Path) -> tuple:
     return tuple(ids)
 
 
-def _load_tokenizer_json(tk, path: Path, data: bytes, settings: _Settings, t5_like: bool) -> tuple:
-    """(tokenizers.Tokenizer, ids before, ids after) from a tokenizer.json, shaped as transformers shapes it."""
+def _load_tokenizer_json(tk, path: Path, data: bytes, settings: _Settings) -> tuple:
+    """(tokenizers.Tokenizer, ids before, ids after, default pad token) from a tokenizer.json, shaped as
+    transformers shapes it for the folder's tokenizer class."""
     try:
         text = data.decode("utf-8")
         spec = json.loads(text)
@@ -465,6 +454,8 @@ def _load_tokenizer_json(tk, path: Path, data: bytes, settings: _Settings, t5_li
                           "tokenizer.json of a SentencePiece repo (Unigram or BPE model)") from e
     tokenizer.no_truncation()  # truncation and padding are ours (a file may carry its own settings)
     tokenizer.no_padding()
+    t5_like = settings.tokenizer_class in _T5_LIKE_CLASSES
+    default_pad = "</s>" if settings.tokenizer_class == "SiglipTokenizer" else "<pad>"
     if t5_like and spec["model"].get("type") == "Unigram":
         pipeline = _unigram_pipeline(tk, _charsmap(spec.get("normalizer")), settings.runs_sentencepiece(False))
         tokenizer.normalizer, tokenizer.pre_tokenizer = pipeline["normalizer"], pipeline["pre_tokenizer"]
@@ -472,11 +463,26 @@ def _load_tokenizer_json(tk, path: Path, data: bytes, settings: _Settings, t5_li
         rest = [tokenizer.normalizer] if tokenizer.normalizer is not None else []
         tokenizer.normalizer = tk.normalizers.Sequence([tk.normalizers.Lowercase(), *rest])
     if t5_like:  # transformers' T5Tokenizer and SiglipTokenizer always append eos, whatever the file says
-        return tokenizer, (), _ids_of(tokenizer, [settings.token("eos_token", "</s>")], path)
+        return tokenizer, (), _ids_of(tokenizer, [settings.token("eos_token", "</s>")], path), default_pad
     # The file's template, not tokenizer_config's add_bos_token/add_eos_token: transformers (>= 5) ignores
     # those when there is a tokenizer.json, and the SigLIP2 repos' two agree.
     before, after = _template_ids(spec.get("post_processor"), path)
-    return tokenizer, before, after
+    return tokenizer, before, after, default_pad
+
+
+def _load_spiece(tk, path: Path, settings: _Settings) -> tuple:
+    """(tokenizers.Tokenizer, ids before, ids after, default pad token) from a Unigram spiece.model.
+
+    A folder with only spiece.model and no tokenizer class is the transformers SigLIP layout, read as
+    SiglipTokenizer reads it: pad = eos = `</s>`, eos appended.
+    """
+    spm = read_sentencepiece_model(path)
+    eos, unk = settings.token("eos_token", spm.eos_piece), settings.token("unk_token", spm.unk_piece)
+    default_pad = "</s>" if settings.tokenizer_class in (None, "SiglipTokenizer") else spm.pad_piece
+    pad = settings.token("pad_token", default_pad)
+    tokenizer = _tokenizer_from_spiece(tk, spm, [t for t in (eos, unk, pad) if t],
+                                       compose=settings.runs_sentencepiece(spm_only=True))
+    return tokenizer, (), _ids_of(tokenizer, [eos], path), default_pad
 
 
 def _charsmap(normalizer: Optional[dict]) -> bytes:

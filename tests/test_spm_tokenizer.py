@@ -393,7 +393,7 @@ def test_bos_in_the_tokenizer_json_template_comes_first_as_in_transformers(folde
 # ---- errors -------------------------------------------------------------------------------------------
 
 def test_folder_without_tokenizer_files_is_refused_naming_the_expected_files(tmp_path):
-    sf.write(tmp_path / "empty", {"open_clip_config.json": sf.open_clip_config("x", 10)})
+    sf.write(tmp_path / "empty", {"config.json": {"model_type": "siglip"}})
     expected = r"has no tokenizer files: expected tokenizer\.json .* or spiece\.model"
     with pytest.raises(ModelNotFoundError, match=expected):
         SentencePieceTokenizer.from_folder(tmp_path / "empty")
