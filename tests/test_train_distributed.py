@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 import train_data as D
 from maskclip.errors import InputError
 from maskclip.train import TrainConfig, distributed, train
-from maskclip.train.losses import ContrastiveLoss, NTXentLoss, RILSLoss, SoftDistillLoss
+from maskclip.train.losses import ContrastiveLoss, NTXentLoss, RILSLoss, SigmoidLoss, SoftDistillLoss
 
 WORLD, BATCH = 2, 4  # per-rank batch; the global batch is WORLD * BATCH
 CONTRASTIVE = [(True, True), (True, False), (False, True), (False, False)]  # (gather_with_grad, local_loss)
@@ -214,6 +214,102 @@ def test_contrastive_without_gradient_gather_does_not_give_one_process_gradients
         assert_close(full[name] * scale, grad, 1e-6 * max(1.0, grad.abs().max().item()))
     loss = feature_grads(ContrastiveLoss(), d["img"], d["txt"], d["scale"])[0][0]
     assert_close(sum(out["features", (False, True)][0][0] for out in ranks) / WORLD, loss, 1e-12)
+
+
+# --- the sigmoid loss: neighbour exchange on 2 and 3 ranks ----------------------------------------
+
+# 2: one exchange from one side; 3: one round of exchanges in both directions; 4: a round, then blocks
+# passed on from one side (a block's gradient travels back over two exchanges)
+SIGLIP_WORLDS = (2, 3, 4)
+
+
+def siglip_data(world):
+    """fp64 features of a global batch of world x BATCH; bias -3 so that the negatives weigh in."""
+    g = torch.Generator().manual_seed(1)
+    n = world * BATCH
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    txt = F.normalize(r(n, 6), dim=-1)
+    return {"img": F.normalize(txt + 0.7 * r(n, 6), dim=-1), "txt": txt,
+            "scale": torch.tensor(10.0, dtype=torch.float64), "bias": torch.tensor(-3.0, dtype=torch.float64),
+            "x": r(n, 7), "t": r(n, 5)}
+
+
+class TinySigmoidEncoder(TinyDualEncoder):
+    def __init__(self):
+        super().__init__()
+        self.logit_bias = nn.Parameter(torch.tensor(-3.0))
+        self.double()
+
+    def forward(self, x, t):
+        return (*super().forward(x, t), self.logit_bias)
+
+
+def sigmoid_grads(img, txt, scale, bias):
+    leaves = [v.clone().requires_grad_() for v in (img, txt, scale, bias)]
+    loss, metrics = SigmoidLoss()(*leaves)
+    return (loss.detach(), *torch.autograd.grad(loss, leaves)), metrics
+
+
+def siglip_worker(rank, world, port, out_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    d, out = siglip_data(world), {}
+    try:
+        distributed.init_distributed()
+        part = slice(rank * BATCH, (rank + 1) * BATCH)
+        out["features"] = sigmoid_grads(d["img"][part], d["txt"][part], d["scale"], d["bias"])
+        model = DistributedDataParallel(TinySigmoidEncoder())
+        loss, _ = SigmoidLoss()(*model(d["x"][part], d["t"][part]))
+        loss.backward()
+        out["ddp"] = {name: p.grad.clone() for name, p in model.module.named_parameters()}
+        torch.save(out, os.path.join(out_dir, f"siglip{rank}.pt"))
+    finally:
+        distributed.cleanup()
+
+
+@pytest.fixture(scope="module", params=SIGLIP_WORLDS, ids=lambda w: f"{w}-ranks")
+def siglip_ranks(request, tmp_path_factory):
+    world, out_dir = request.param, str(tmp_path_factory.mktemp(f"siglip{request.param}"))
+    context = mp.start_processes(siglip_worker, args=(world, free_port(), out_dir), nprocs=world, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + 180
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.terminate()
+            pytest.fail(f"the {world}-process gloo run did not finish in 180 s")
+    return world, [torch.load(os.path.join(out_dir, f"siglip{r}.pt"), weights_only=False) for r in range(world)]
+
+
+def test_sigmoid_loss_with_neighbour_exchange_equals_one_process_on_the_global_batch(siglip_ranks):
+    world, ranks = siglip_ranks
+    d = siglip_data(world)
+    (loss, g_img, g_txt, g_scale, g_bias), metrics = sigmoid_grads(d["img"], d["txt"], d["scale"], d["bias"])
+    assert 0 < metrics["acc_i2t"].item() < 1  # some images retrieve their caption, some not: a real check
+    per_rank = [out["features"] for out in ranks]
+    assert_close(sum(res[0][0] for res in per_rank) / world, loss, 1e-12 * loss.abs().item())
+    for r, ((_, r_img, r_txt, _, _), _) in enumerate(per_rank):
+        part = slice(r * BATCH, (r + 1) * BATCH)
+        assert_close(r_img / world, g_img[part], 1e-12 * g_img.abs().max().item())
+        assert_close(r_txt / world, g_txt[part], 1e-12 * g_txt.abs().max().item())
+    assert_close(sum(res[0][3] for res in per_rank) / world, g_scale, 1e-12 * g_scale.abs().item())
+    assert_close(sum(res[0][4] for res in per_rank) / world, g_bias, 1e-12 * g_bias.abs().item())
+    assert_close(sum(res[1]["acc_i2t"] for res in per_rank) / world, metrics["acc_i2t"], 1e-12)
+
+
+def test_sigmoid_loss_ddp_parameter_gradients_equal_one_process_on_the_global_batch(siglip_ranks):
+    world, ranks = siglip_ranks
+    d = siglip_data(world)
+    model = TinySigmoidEncoder()
+    SigmoidLoss()(*model(d["x"], d["t"]))[0].backward()
+    for out in ranks:
+        assert out["ddp"].keys() == {name for name, _ in model.named_parameters()}
+        for name, p in model.named_parameters():
+            assert_close(out["ddp"][name], p.grad, 1e-10 * max(1.0, p.grad.abs().max().item()))
 
 
 # --- NT-Xent, RILS, soft distillation ------------------------------------------------------------
