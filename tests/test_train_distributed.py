@@ -351,23 +351,27 @@ def test_soft_distill_center_update_uses_the_global_batch(ranks, case):
 # --- DDP training with BEiT mask tokens (issue 11, 4a) ---------------------------------------------
 
 TOKEN_MODE = [("maskclip", "maskclip"), ("clip_mae", "mae"), ("rils", "rils")]  # (recipe, config section)
+# run name -> (recipe, overrides): the mask-token runs, and the sigmoid loss with cached accumulation
+DDP_RUNS = {**{recipe: (recipe, {f"{section}.masking.mode": "token"}) for recipe, section in TOKEN_MODE},
+            "siglip-cached": ("clip", {"loss": "siglip", "accum_steps": 2})}
 
 
 def train_worker(rank, ports, shards, out_dir):
     """Each recipe with masking.mode=token for 3 DDP steps; a parameter without a gradient made the
-    second step raise "Expected to have finished reduction in the prior iteration"."""
+    second step raise "Expected to have finished reduction in the prior iteration". Then CLIP with the
+    sigmoid loss and cached accumulation (a no-grad pass through DDP before each micro-batch's)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1")
     torch.set_num_threads(1)
     results = {}
-    for (recipe, section), port in zip(TOKEN_MODE, ports):
+    for (name, (recipe, overrides)), port in zip(DDP_RUNS.items(), ports):
         os.environ["MASTER_PORT"] = str(port)
         cfg = TrainConfig.from_preset("tiny", recipe, {
             "data": shards, "samples_per_epoch": 32, "batch_size": 16, "steps": 3, "log_every": 1,
-            "ckpt_every": 1000, "progress": False, "workers": 0, f"{section}.masking.mode": "token"})
+            "ckpt_every": 1000, "progress": False, "workers": 0, **overrides})
         try:
-            results[recipe] = train(cfg, os.path.join(out_dir, recipe))
+            results[name] = train(cfg, os.path.join(out_dir, name))
         except Exception as err:  # recorded: a failing rank must not leave the other waiting
-            results[recipe] = repr(err)
+            results[name] = repr(err)
     torch.save(results, os.path.join(out_dir, f"train{rank}.pt"))
 
 
@@ -375,7 +379,7 @@ def train_worker(rank, ports, shards, out_dir):
 def token_runs(tmp_path_factory):
     shards = D.write_shards(tmp_path_factory.mktemp("shards"), D.make_items(32, size=40, seed=0), per_shard=8)
     out_dir = str(tmp_path_factory.mktemp("runs"))
-    ports = [free_port() for _ in TOKEN_MODE]
+    ports = [free_port() for _ in DDP_RUNS]
     context = mp.start_processes(train_worker, args=(ports, shards, out_dir), nprocs=WORLD, join=False,
                                  start_method="spawn")
     deadline = time.monotonic() + 600
@@ -393,4 +397,12 @@ def test_ddp_trains_with_mask_tokens(token_runs, recipe):
     for rank, results in enumerate(token_runs):
         summary = results[recipe]
         assert isinstance(summary, dict), f"rank {rank}, {recipe} with masking.mode=token: {summary}"
+        assert summary["steps"] == 3 and summary["nonfinite"] == 0
+
+
+@pytest.mark.slow
+def test_ddp_trains_the_sigmoid_loss_with_cached_accumulation(token_runs):
+    for rank, results in enumerate(token_runs):
+        summary = results["siglip-cached"]
+        assert isinstance(summary, dict), f"rank {rank}, siglip with accum_mode=cached: {summary}"
         assert summary["steps"] == 3 and summary["nonfinite"] == 0
