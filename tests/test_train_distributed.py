@@ -266,6 +266,10 @@ def siglip_worker(rank, world, port, out_dir):
         loss, _ = SigmoidLoss()(*model(d["x"][part], d["t"][part]))
         loss.backward()
         out["ddp"] = {name: p.grad.clone() for name, p in model.module.named_parameters()}
+        try:
+            SigmoidLoss()(*(torch.zeros(2 + rank, 3) for _ in range(2)), torch.tensor(1.0), torch.tensor(0.0))
+        except InputError as err:
+            out["unequal"] = str(err)
         torch.save(out, os.path.join(out_dir, f"siglip{rank}.pt"))
     finally:
         distributed.cleanup()
@@ -299,6 +303,14 @@ def test_sigmoid_loss_with_neighbour_exchange_equals_one_process_on_the_global_b
     assert_close(sum(res[0][3] for res in per_rank) / world, g_scale, 1e-12 * g_scale.abs().item())
     assert_close(sum(res[0][4] for res in per_rank) / world, g_bias, 1e-12 * g_bias.abs().item())
     assert_close(sum(res[1]["acc_i2t"] for res in per_rank) / world, metrics["acc_i2t"], 1e-12)
+
+
+def test_sigmoid_loss_refuses_unequal_batch_sizes_on_every_rank(siglip_ranks):
+    world, ranks = siglip_ranks
+    shapes = str([(2 + r, 3) for r in range(world)])
+    for out in ranks:
+        assert "the neighbour exchange needs the same shape on every rank" in out["unequal"]
+        assert shapes in out["unequal"]
 
 
 def test_sigmoid_loss_ddp_parameter_gradients_equal_one_process_on_the_global_batch(siglip_ranks):

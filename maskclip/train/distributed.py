@@ -124,7 +124,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _check_same_shape(x: Tensor) -> None:
+def _check_same_shape(x: Tensor, what: str = "gather") -> None:
     """Raise on every rank (so none hangs) unless all ranks hold tensors of one shape."""
     if x.dim() > _MAX_GATHER_DIMS:
         raise InputError(f"gather supports tensors of at most {_MAX_GATHER_DIMS} dims; got shape {tuple(x.shape)}")
@@ -135,7 +135,7 @@ def _check_same_shape(x: Tensor) -> None:
     dist.all_gather(records, record)
     shapes = [tuple(r[1:r[0] + 1].tolist()) for r in records]
     if len(set(shapes)) > 1:
-        raise InputError(f"gather needs the same shape on every rank (equal per-rank batch sizes; drop the "
+        raise InputError(f"{what} needs the same shape on every rank (equal per-rank batch sizes; drop the "
                          f"last incomplete batch); got shapes by rank {shapes}")
 
 
@@ -240,12 +240,14 @@ def neighbour_blocks(x: Tensor) -> Iterator[Tensor]:
 
     Differentiable: a block's gradient travels back along the ring to the rank that owns it, so with
     DDP's averaging the gradients equal those of one process on the global batch. Every rank must
-    consume every block (the exchanges and their backward are collectives). Without a process group
-    there are no blocks.
+    consume every block (the exchanges and their backward are collectives), and every rank's ``x``
+    must have one shape (checked as ``gather`` checks it). Without a process group there are no blocks.
     """
     size = world_size()
     if size == 1:
         return
+    if _shapes_checked:
+        _check_same_shape(x, "the neighbour exchange")
     me = rank()
     left, right = (me - 1) % size, (me + 1) % size
     to_left = to_right = x
