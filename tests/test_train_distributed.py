@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 import train_data as D
 from maskclip.errors import InputError
 from maskclip.train import TrainConfig, distributed, train
-from maskclip.train.losses import ContrastiveLoss, NTXentLoss, RILSLoss, SoftDistillLoss
+from maskclip.train.losses import ContrastiveLoss, NTXentLoss, RILSLoss, SigmoidLoss, SoftDistillLoss
 
 WORLD, BATCH = 2, 4  # per-rank batch; the global batch is WORLD * BATCH
 CONTRASTIVE = [(True, True), (True, False), (False, True), (False, False)]  # (gather_with_grad, local_loss)
@@ -216,6 +216,114 @@ def test_contrastive_without_gradient_gather_does_not_give_one_process_gradients
     assert_close(sum(out["features", (False, True)][0][0] for out in ranks) / WORLD, loss, 1e-12)
 
 
+# --- the sigmoid loss: neighbour exchange on 2 and 3 ranks ----------------------------------------
+
+# 2: one exchange from one side; 3: one round of exchanges in both directions; 4: a round, then blocks
+# passed on from one side (a block's gradient travels back over two exchanges)
+SIGLIP_WORLDS = (2, 3, 4)
+
+
+def siglip_data(world):
+    """fp64 features of a global batch of world x BATCH; bias -3 so that the negatives weigh in."""
+    g = torch.Generator().manual_seed(1)
+    n = world * BATCH
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    txt = F.normalize(r(n, 6), dim=-1)
+    return {"img": F.normalize(txt + 0.7 * r(n, 6), dim=-1), "txt": txt,
+            "scale": torch.tensor(10.0, dtype=torch.float64), "bias": torch.tensor(-3.0, dtype=torch.float64),
+            "x": r(n, 7), "t": r(n, 5)}
+
+
+class TinySigmoidEncoder(TinyDualEncoder):
+    def __init__(self):
+        super().__init__()
+        self.logit_bias = nn.Parameter(torch.tensor(-3.0))
+        self.double()
+
+    def forward(self, x, t):
+        return (*super().forward(x, t), self.logit_bias)
+
+
+def sigmoid_grads(img, txt, scale, bias):
+    leaves = [v.clone().requires_grad_() for v in (img, txt, scale, bias)]
+    loss, metrics = SigmoidLoss()(*leaves)
+    return (loss.detach(), *torch.autograd.grad(loss, leaves)), metrics
+
+
+def siglip_worker(rank, world, port, out_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    d, out = siglip_data(world), {}
+    try:
+        distributed.init_distributed()
+        part = slice(rank * BATCH, (rank + 1) * BATCH)
+        out["features"] = sigmoid_grads(d["img"][part], d["txt"][part], d["scale"], d["bias"])
+        model = DistributedDataParallel(TinySigmoidEncoder())
+        loss, _ = SigmoidLoss()(*model(d["x"][part], d["t"][part]))
+        loss.backward()
+        out["ddp"] = {name: p.grad.clone() for name, p in model.module.named_parameters()}
+        try:
+            SigmoidLoss()(*(torch.zeros(2 + rank, 3) for _ in range(2)), torch.tensor(1.0), torch.tensor(0.0))
+        except InputError as err:
+            out["unequal"] = str(err)
+        torch.save(out, os.path.join(out_dir, f"siglip{rank}.pt"))
+    finally:
+        distributed.cleanup()
+
+
+@pytest.fixture(scope="module", params=SIGLIP_WORLDS, ids=lambda w: f"{w}-ranks")
+def siglip_ranks(request, tmp_path_factory):
+    world, out_dir = request.param, str(tmp_path_factory.mktemp(f"siglip{request.param}"))
+    context = mp.start_processes(siglip_worker, args=(world, free_port(), out_dir), nprocs=world, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + 180
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.terminate()
+            pytest.fail(f"the {world}-process gloo run did not finish in 180 s")
+    return world, [torch.load(os.path.join(out_dir, f"siglip{r}.pt"), weights_only=False) for r in range(world)]
+
+
+def test_sigmoid_loss_with_neighbour_exchange_equals_one_process_on_the_global_batch(siglip_ranks):
+    world, ranks = siglip_ranks
+    d = siglip_data(world)
+    (loss, g_img, g_txt, g_scale, g_bias), metrics = sigmoid_grads(d["img"], d["txt"], d["scale"], d["bias"])
+    assert 0 < metrics["acc_i2t"].item() < 1  # some images retrieve their caption, some not: a real check
+    per_rank = [out["features"] for out in ranks]
+    assert_close(sum(res[0][0] for res in per_rank) / world, loss, 1e-12 * loss.abs().item())
+    for r, ((_, r_img, r_txt, _, _), _) in enumerate(per_rank):
+        part = slice(r * BATCH, (r + 1) * BATCH)
+        assert_close(r_img / world, g_img[part], 1e-12 * g_img.abs().max().item())
+        assert_close(r_txt / world, g_txt[part], 1e-12 * g_txt.abs().max().item())
+    assert_close(sum(res[0][3] for res in per_rank) / world, g_scale, 1e-12 * g_scale.abs().item())
+    assert_close(sum(res[0][4] for res in per_rank) / world, g_bias, 1e-12 * g_bias.abs().item())
+    assert_close(sum(res[1]["acc_i2t"] for res in per_rank) / world, metrics["acc_i2t"], 1e-12)
+
+
+def test_sigmoid_loss_refuses_unequal_batch_sizes_on_every_rank(siglip_ranks):
+    world, ranks = siglip_ranks
+    shapes = str([(2 + r, 3) for r in range(world)])
+    for out in ranks:
+        assert "the neighbour exchange needs the same shape on every rank" in out["unequal"]
+        assert shapes in out["unequal"]
+
+
+def test_sigmoid_loss_ddp_parameter_gradients_equal_one_process_on_the_global_batch(siglip_ranks):
+    world, ranks = siglip_ranks
+    d = siglip_data(world)
+    model = TinySigmoidEncoder()
+    SigmoidLoss()(*model(d["x"], d["t"]))[0].backward()
+    for out in ranks:
+        assert out["ddp"].keys() == {name for name, _ in model.named_parameters()}
+        for name, p in model.named_parameters():
+            assert_close(out["ddp"][name], p.grad, 1e-10 * max(1.0, p.grad.abs().max().item()))
+
+
 # --- NT-Xent, RILS, soft distillation ------------------------------------------------------------
 
 def test_ntxent_in_two_processes_equals_one_process(ranks):
@@ -255,23 +363,27 @@ def test_soft_distill_center_update_uses_the_global_batch(ranks, case):
 # --- DDP training with BEiT mask tokens (issue 11, 4a) ---------------------------------------------
 
 TOKEN_MODE = [("maskclip", "maskclip"), ("clip_mae", "mae"), ("rils", "rils")]  # (recipe, config section)
+# run name -> (recipe, overrides): the mask-token runs, and the sigmoid loss with cached accumulation
+DDP_RUNS = {**{recipe: (recipe, {f"{section}.masking.mode": "token"}) for recipe, section in TOKEN_MODE},
+            "siglip-cached": ("clip", {"loss": "siglip", "accum_steps": 2})}
 
 
 def train_worker(rank, ports, shards, out_dir):
     """Each recipe with masking.mode=token for 3 DDP steps; a parameter without a gradient made the
-    second step raise "Expected to have finished reduction in the prior iteration"."""
+    second step raise "Expected to have finished reduction in the prior iteration". Then CLIP with the
+    sigmoid loss and cached accumulation (a no-grad pass through DDP before each micro-batch's)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1")
     torch.set_num_threads(1)
     results = {}
-    for (recipe, section), port in zip(TOKEN_MODE, ports):
+    for (name, (recipe, overrides)), port in zip(DDP_RUNS.items(), ports):
         os.environ["MASTER_PORT"] = str(port)
         cfg = TrainConfig.from_preset("tiny", recipe, {
             "data": shards, "samples_per_epoch": 32, "batch_size": 16, "steps": 3, "log_every": 1,
-            "ckpt_every": 1000, "progress": False, "workers": 0, f"{section}.masking.mode": "token"})
+            "ckpt_every": 1000, "progress": False, "workers": 0, **overrides})
         try:
-            results[recipe] = train(cfg, os.path.join(out_dir, recipe))
+            results[name] = train(cfg, os.path.join(out_dir, name))
         except Exception as err:  # recorded: a failing rank must not leave the other waiting
-            results[recipe] = repr(err)
+            results[name] = repr(err)
     torch.save(results, os.path.join(out_dir, f"train{rank}.pt"))
 
 
@@ -279,7 +391,7 @@ def train_worker(rank, ports, shards, out_dir):
 def token_runs(tmp_path_factory):
     shards = D.write_shards(tmp_path_factory.mktemp("shards"), D.make_items(32, size=40, seed=0), per_shard=8)
     out_dir = str(tmp_path_factory.mktemp("runs"))
-    ports = [free_port() for _ in TOKEN_MODE]
+    ports = [free_port() for _ in DDP_RUNS]
     context = mp.start_processes(train_worker, args=(ports, shards, out_dir), nprocs=WORLD, join=False,
                                  start_method="spawn")
     deadline = time.monotonic() + 600
@@ -297,4 +409,12 @@ def test_ddp_trains_with_mask_tokens(token_runs, recipe):
     for rank, results in enumerate(token_runs):
         summary = results[recipe]
         assert isinstance(summary, dict), f"rank {rank}, {recipe} with masking.mode=token: {summary}"
+        assert summary["steps"] == 3 and summary["nonfinite"] == 0
+
+
+@pytest.mark.slow
+def test_ddp_trains_the_sigmoid_loss_with_cached_accumulation(token_runs):
+    for rank, results in enumerate(token_runs):
+        summary = results["siglip-cached"]
+        assert isinstance(summary, dict), f"rank {rank}, siglip with accum_mode=cached: {summary}"
         assert summary["steps"] == 3 and summary["nonfinite"] == 0

@@ -73,6 +73,25 @@ def test_options_train_to_finite_losses(overrides, shards, tmp_path):
     assert all(r["loss"] == r["loss"] for r in metrics(tmp_path / "run"))
 
 
+def test_siglip_trains_its_scale_and_bias_and_the_exported_model_keeps_the_bias(shards, tmp_path):
+    summary = train(tiny("clip", shards, steps=6, loss="siglip", accum_steps=2), tmp_path / "run")
+    rows = metrics(tmp_path / "run")
+    assert summary["steps"] == 6 and all(r["loss"] == r["loss"] for r in rows)
+    assert rows[0]["logit_scale"] == pytest.approx(10.0, rel=0.05) and rows[0]["logit_bias"] == pytest.approx(-10, rel=0.05)
+    model = maskclip.load(tmp_path / "run" / "model")
+    assert model.config.logit_bias_init == -10.0
+    assert model.logit_bias is not None and model.logit_bias.item() != -10.0  # learned
+    assert model.logit_bias.item() == pytest.approx(rows[-1]["logit_bias"], abs=1e-2)
+
+
+def test_the_loss_and_the_model_must_agree_about_the_bias(shards, tmp_path):
+    train(tiny("clip", shards, steps=1, loss="siglip"), tmp_path / "siglip")
+    with pytest.raises(ConfigError, match="has a logit_bias"):
+        train(tiny("clip", shards, steps=1, init_from=str(tmp_path / "siglip" / "model"), model=""), tmp_path / "a")
+    with pytest.raises(ConfigError, match="loss=siglip needs a model with a logit_bias"):
+        train(tiny("clip", shards, steps=1, loss="siglip", model_overrides={"logit_bias_init": None}), tmp_path / "b")
+
+
 def test_teacher_follows_the_student_by_ema_and_is_not_optimised(shards, tmp_path):
     train(tiny("maskclip", shards, steps=3), tmp_path / "run")
     sd = weights(ckpt.latest(tmp_path / "run" / "checkpoints"))
@@ -86,9 +105,12 @@ def test_teacher_follows_the_student_by_ema_and_is_not_optimised(shards, tmp_pat
 
 # --- resume --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("recipe, workers", [("maskclip", 0), ("slip", 2)])
-def test_resuming_a_mid_run_checkpoint_reproduces_the_uninterrupted_run_exactly(recipe, workers, shards, tmp_path):
-    cfg = tiny(recipe, shards, steps=14, workers=workers)  # 6 steps per epoch: stop mid-epoch 1, cross into 2
+@pytest.mark.parametrize("recipe, workers, overrides", [("maskclip", 0, {}), ("slip", 2, {}),
+                                                        ("clip_mae", 0, {"accum_steps": 2, "loss": "siglip"})])
+def test_resuming_a_mid_run_checkpoint_reproduces_the_uninterrupted_run_exactly(recipe, workers, overrides, shards,
+                                                                                tmp_path):
+    # 6 steps per epoch: stop mid-epoch 1, cross into 2
+    cfg = tiny(recipe, shards, steps=14, workers=workers, **overrides)
     train(cfg, tmp_path / "straight")
     first = train(cfg, tmp_path / "resumed", stop_after=8)
     assert first["stopped"] == "stop_after" and first["steps"] == 8 and first["model"] is None

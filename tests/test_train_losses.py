@@ -10,7 +10,7 @@ from torch import nn
 from maskclip.errors import InputError
 from maskclip.train.heads import PrototypeHead, SimCLRHead
 from maskclip.train.losses import (ContrastiveLoss, CosineDistillLoss, MAEPixelLoss, NTXentLoss, RILSLoss,
-                                   SoftDistillLoss, patchify)
+                                   SigmoidLoss, SoftDistillLoss, patchify)
 
 TOL = 1e-10
 
@@ -150,6 +150,38 @@ def test_contrastive_logit_scale_sharpens_the_loss_on_aligned_pairs():
     low, _ = ContrastiveLoss()(img, txt, torch.tensor(1.0, dtype=torch.float64))
     high, _ = ContrastiveLoss()(img, txt, torch.tensor(100.0, dtype=torch.float64))
     assert high < low
+
+
+def naive_sigmoid(img, txt, scale, bias):
+    total = 0
+    for i in range(img.shape[0]):
+        for j in range(txt.shape[0]):
+            label = 1.0 if i == j else -1.0
+            total = total - F.logsigmoid(label * (scale * (img[i] @ txt[j]) + bias))
+    return total / img.shape[0]
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+def test_sigmoid_loss_matches_naive_loops_and_open_clip(batch):
+    from open_clip.loss import SigLipLoss
+
+    img = unit(rand(batch, 5, seed=1, grad=False)).requires_grad_()
+    txt = unit(rand(batch, 5, seed=2, grad=False)).requires_grad_()
+    scale = torch.tensor(7.0, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+    loss, metrics = SigmoidLoss()(img, txt, scale, bias)
+    assert loss.dim() == 0 and set(metrics) == {"acc_i2t"}
+    assert max_diff(loss, naive_sigmoid(img, txt, scale, bias), [img, txt, scale, bias]) < TOL
+    again, _ = SigmoidLoss()(img, txt, scale, bias)
+    assert max_diff(again, SigLipLoss()(img, txt, scale, bias), [img, txt, scale, bias]) < TOL
+
+
+def test_sigmoid_loss_accuracy_counts_images_whose_own_caption_scores_highest():
+    txt = unit(rand(4, 8, seed=3, grad=False))
+    img = txt.clone()
+    img[3] = unit(txt[0] + 0.1 * txt[3])  # image 3 now retrieves caption 0
+    _, metrics = SigmoidLoss()(img, txt, torch.tensor(10.0, dtype=torch.float64), torch.tensor(-10.0))
+    assert metrics["acc_i2t"].item() == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -311,6 +343,8 @@ def test_rils_temperatures_are_used():
 @pytest.mark.parametrize("call, message", [
     (lambda: ContrastiveLoss()(rand(3, 4), rand(2, 4), torch.tensor(1.0)), "same shape"),
     (lambda: ContrastiveLoss()(rand(3, 4), rand(3, 4), torch.ones(2)), "logit_scale"),
+    (lambda: SigmoidLoss()(rand(3, 4), rand(2, 4), torch.tensor(1.0), torch.tensor(0.0)), "same shape"),
+    (lambda: SigmoidLoss()(rand(3, 4), rand(3, 4), torch.tensor(1.0), None), "logit_bias"),
     (lambda: NTXentLoss()(rand(3, 4, 1), rand(3, 4, 1)), r"\[B, D\]"),
     (lambda: SoftDistillLoss(num_prototypes=8)(rand(3, 6), rand(3, 6)), "8 prototypes"),
     (lambda: MAEPixelLoss()(rand(1, 4, 48), rand(1, 3, 8, 8), torch.ones(1, 4), 4), "bool"),

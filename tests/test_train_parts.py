@@ -47,6 +47,8 @@ def test_config_json_round_trip_and_dotted_overrides(tmp_path):
     ({"maskclip.loss": "l2"}, "maskclip loss"),
     ({"betas": [0.9]}, "must be a list of 2"),
     ({"patch_dropout": 1.0}, "patch_dropout"),
+    ({"loss": "sigmoid"}, r"loss must be one of \['clip', 'siglip'\]"),
+    ({"accum_mode": "naive"}, r"accum_mode must be one of \['cached', 'micro'\]"),
 ])
 def test_bad_configs_name_the_field(overrides, match):
     with pytest.raises(ConfigError, match=match):

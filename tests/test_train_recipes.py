@@ -49,7 +49,7 @@ MODES = [(r, {}) for r in RECIPES] + [
     (r, {f"{section}.masking.mode": "token"}) for r, section in (("maskclip", "maskclip"), ("clip_mae", "mae"),
                                                                   ("rils", "rils"))
 ] + [("maskclip", {"maskclip.contrastive_view": "masked"}), ("maskclip", {"maskclip.loss": "cosine"}),
-     ("clip", {"patch_dropout": 0.5})]
+     ("clip", {"patch_dropout": 0.5})] + [(r, {"loss": "siglip"}) for r in RECIPES]
 
 
 @pytest.mark.parametrize("name, overrides", MODES, ids=[f"{r}-{'-'.join(map(str, o.values())) or 'default'}"

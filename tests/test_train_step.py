@@ -113,6 +113,25 @@ def test_steps_between_logging_steps_read_nothing_back_and_a_sync_reads_once(nam
     assert steps == 4 and means["loss"] == means["loss"] and "grad_norm" in means and means["lr"] > 0
 
 
+@pytest.mark.parametrize("name", RECIPES)
+def test_cached_accumulation_reads_nothing_back_either(name, monkeypatch):
+    """accum_mode=cached: the caching pass and the recomputation queue work without reading it back."""
+    runner = make_runner(name, accum_steps=2, loss="siglip")
+    state = RunState(offsets=[0])
+    batches = [loader_batch(runner.recipe, s) for s in range(4)]
+    runner.run(batches[2:], state)  # the first step builds the optimizer state
+    state.step += 1
+    with counting_syncs(monkeypatch) as (calls, host_side):
+        runner.recipe.prepare = host_side(runner.recipe.prepare)
+        runner.run(batches[:2], state)
+        state.step += 1
+        assert calls == [], f"{name}: host syncs in a cached step: {calls}"
+        messages, _ = runner.sync(state)
+        assert calls == ["tolist"] and messages == [] and state.step == 2
+    means, _ = runner.record()
+    assert means["loss_clip"] == means["loss_clip"] and means["logit_bias"] < 0
+
+
 # --- skipped steps -----------------------------------------------------------------------------------
 
 def poison(runner, calls):

@@ -22,11 +22,14 @@ from ..errors import ConfigError
 
 RECIPES = ("clip", "slip", "clip_mae", "maskclip", "rils")
 PRECISIONS = ("fp32", "bf16", "fp16")
+LOSSES = ("clip", "siglip")  # the image-text term of every recipe: softmax (InfoNCE) or sigmoid
+ACCUM_MODES = ("cached", "micro")
 
 
 @dataclass
 class ContrastiveConfig:
-    """Symmetric InfoNCE over the global batch (all recipes)."""
+    """Symmetric InfoNCE over the global batch (all recipes, with ``loss="clip"``; the sigmoid loss
+    always exchanges features with gradient and scores local rows only)."""
 
     gather_with_grad: bool = True  # exact global-batch gradients (open_clip); False is SLIP's cheaper choice
     local_loss: bool = True  # local rows x global columns: memory linear in the global batch
@@ -117,6 +120,9 @@ class TrainConfig:
     # model: a named architecture (maskclip.architecture_config) with field overrides, or weights to start from
     model: str = "vit-b-16"
     model_overrides: Dict[str, Any] = field(default_factory=dict)
+    # the image-text term of every recipe: "clip" (softmax InfoNCE) | "siglip" (sigmoid, Zhai et al. 2023:
+    # the model gets a learned logit_bias, and starts from scale 10 and bias -10, the paper's values)
+    loss: str = "clip"
     init_from: str = ""  # a name/path maskclip.load reads: fine-tune from these weights instead of random init
     # data
     data: List[str] = field(default_factory=list)  # tar shards (globs or {a..b}), a CSV/TSV, or "synthetic:train"
@@ -145,6 +151,10 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + grad scaler)
     grad_clip: float = 0.0  # max global grad norm; 0: off
     accum_steps: int = 1
+    # with accum_steps > 1: "cached" (open_clip's --accum-freq): a no-grad pass caches every micro-batch's
+    # features, so the image-text term is the whole batch's (one extra forward of both towers);
+    # "micro": each micro-batch's term against its own negatives only (cheaper, a smaller batch's loss)
+    accum_mode: str = "cached"
     grad_checkpointing: bool = False
     patch_dropout: float = 0.0  # FLIP: drop this fraction of patch tokens in the contrastive pass (training only)
     distributed: str = "ddp"  # ddp | fsdp
@@ -215,6 +225,8 @@ class TrainConfig:
         _choice("recipe", self.recipe, RECIPES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("distributed", self.distributed, ("ddp", "fsdp"))
+        _choice("loss", self.loss, LOSSES)
+        _choice("accum_mode", self.accum_mode, ACCUM_MODES)
         for name in ("batch_size", "accum_steps", "log_every", "ckpt_every", "keep_checkpoints", "max_nonfinite"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1; got {getattr(self, name)}")

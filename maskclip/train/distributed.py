@@ -1,4 +1,5 @@
-"""Process-group setup for torchrun, and the collectives the losses need (gather, reductions).
+"""Process-group setup for torchrun, and the collectives the losses need (gather, the neighbour
+exchange of the sigmoid loss, reductions).
 
 Every helper also works without a process group (a plain single-process run), where it is the identity
 or returns rank 0 / world size 1, so the training code has one path for one process and for many.
@@ -6,7 +7,7 @@ or returns rank 0 / world size 1, so the training code has one path for one proc
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -123,7 +124,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _check_same_shape(x: Tensor) -> None:
+def _check_same_shape(x: Tensor, what: str = "gather") -> None:
     """Raise on every rank (so none hangs) unless all ranks hold tensors of one shape."""
     if x.dim() > _MAX_GATHER_DIMS:
         raise InputError(f"gather supports tensors of at most {_MAX_GATHER_DIMS} dims; got shape {tuple(x.shape)}")
@@ -134,7 +135,7 @@ def _check_same_shape(x: Tensor) -> None:
     dist.all_gather(records, record)
     shapes = [tuple(r[1:r[0] + 1].tolist()) for r in records]
     if len(set(shapes)) > 1:
-        raise InputError(f"gather needs the same shape on every rank (equal per-rank batch sizes; drop the "
+        raise InputError(f"{what} needs the same shape on every rank (equal per-rank batch sizes; drop the "
                          f"last incomplete batch); got shapes by rank {shapes}")
 
 
@@ -180,6 +181,83 @@ def gather(x: Tensor, with_grad: bool = True) -> Tensor:
     chunks = _all_gather_list(x.detach())
     chunks[rank()] = x
     return torch.cat(chunks, dim=0)
+
+
+def _exchange(left: int, right: int, to_left: Tensor, to_right: Tensor) -> Tuple[Tensor, Tensor]:
+    """Send ``to_left`` to rank ``left`` and ``to_right`` to rank ``right`` while receiving what they
+    send this way: returns ``(from_right, from_left)``. One batch of P2P ops, so no rank waits for
+    another to start receiving. Needs two distinct neighbours (three ranks or more)."""
+    from_right, from_left = torch.empty_like(to_left), torch.empty_like(to_right)
+    ops = [dist.P2POp(dist.isend, to_right.contiguous(), right), dist.P2POp(dist.isend, to_left.contiguous(), left),
+           dist.P2POp(dist.irecv, from_right, right), dist.P2POp(dist.irecv, from_left, left)]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()
+    return from_right, from_left
+
+
+def _send_right(left: int, right: int, x: Tensor) -> Tensor:
+    """Send ``x`` to rank ``right``; returns what rank ``left`` sends."""
+    received = torch.empty_like(x)
+    ops = [dist.P2POp(dist.isend, x.contiguous(), right), dist.P2POp(dist.irecv, received, left)]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()
+    return received
+
+
+class _ExchangeWithGrad(torch.autograd.Function):
+    """``_exchange`` whose backward sends each received block's gradient back to the rank it came
+    from: the same exchange with the directions swapped."""
+
+    @staticmethod
+    def forward(ctx, left: int, right: int, to_left: Tensor, to_right: Tensor):
+        ctx.left, ctx.right = left, right
+        return _exchange(left, right, to_left, to_right)
+
+    @staticmethod
+    def backward(ctx, grad_from_right: Tensor, grad_from_left: Tensor):
+        # What came from the right was the right neighbour's to_left: its gradient goes back right.
+        grad_to_right, grad_to_left = _exchange(ctx.left, ctx.right, grad_from_left, grad_from_right)
+        return None, None, grad_to_left, grad_to_right
+
+
+class _SendRightWithGrad(torch.autograd.Function):
+    """``_send_right`` whose backward sends the received block's gradient back to the left."""
+
+    @staticmethod
+    def forward(ctx, left: int, right: int, x: Tensor) -> Tensor:
+        ctx.left, ctx.right = left, right
+        return _send_right(left, right, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return None, None, _send_right(ctx.right, ctx.left, grad.contiguous())
+
+
+def neighbour_blocks(x: Tensor) -> Iterator[Tensor]:
+    """Every other rank's ``x`` [B, ...], one block at a time, passed along the ring of ranks in both
+    directions (open_clip's ``bidir``): W - 1 blocks in about (W - 1) / 2 rounds of neighbour
+    exchanges, never more than two blocks held at once, instead of an all-gather of W blocks.
+
+    Differentiable: a block's gradient travels back along the ring to the rank that owns it, so with
+    DDP's averaging the gradients equal those of one process on the global batch. Every rank must
+    consume every block (the exchanges and their backward are collectives), and every rank's ``x``
+    must have one shape (checked as ``gather`` checks it). Without a process group there are no blocks.
+    """
+    size = world_size()
+    if size == 1:
+        return
+    if _shapes_checked:
+        _check_same_shape(x, "the neighbour exchange")
+    me = rank()
+    left, right = (me - 1) % size, (me + 1) % size
+    to_left = to_right = x
+    rounds, one_more = divmod(size - 1, 2)
+    for _ in range(rounds):
+        to_left, to_right = _ExchangeWithGrad.apply(left, right, to_left, to_right)
+        yield to_left
+        yield to_right
+    if one_more:  # an even world size: the last block, opposite on the ring, comes from one side only
+        yield _SendRightWithGrad.apply(left, right, to_right)
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:

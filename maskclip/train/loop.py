@@ -11,6 +11,7 @@ Layout of ``out``: ``config.json`` (the TrainConfig), ``metrics.jsonl``, ``check
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 import time
@@ -88,14 +89,20 @@ class RunState:
 # --- building ----------------------------------------------------------------------------------
 
 def build_model(cfg: TrainConfig) -> MaskCLIP:
-    """The student: a named architecture with overrides (random init), or loaded weights (``init_from``)."""
+    """The student: a named architecture with overrides (random init), or loaded weights (``init_from``).
+
+    With ``loss="siglip"`` a new model starts from SigLIP's ``exp(logit_scale) = 10`` and
+    ``logit_bias = -10`` (its ``logit_bias`` is then a parameter, kept in the exported model).
+    """
     if cfg.init_from:
         from ..hub import load
 
         if cfg.model_overrides:
             raise ConfigError("model_overrides cannot change a model loaded with init_from")
-        return load(cfg.init_from).train()
+        return _check_loss(load(cfg.init_from).train(), cfg)
     d = architecture_config(cfg.model).to_dict()
+    if cfg.loss == "siglip":
+        d.update(logit_scale_init=math.log(10.0), logit_bias_init=-10.0)
     for section, values in cfg.model_overrides.items():
         if isinstance(values, dict) and isinstance(d.get(section), dict):
             d[section].update(values)
@@ -103,7 +110,19 @@ def build_model(cfg: TrainConfig) -> MaskCLIP:
             d[section] = values
     if "vision" in cfg.model_overrides and "image_size" in cfg.model_overrides["vision"]:
         d["preprocess"]["image_size"] = cfg.model_overrides["vision"]["image_size"]
-    return MaskCLIP(ModelConfig.from_dict(d))
+    return _check_loss(MaskCLIP(ModelConfig.from_dict(d)), cfg)
+
+
+def _check_loss(model: MaskCLIP, cfg: TrainConfig) -> MaskCLIP:
+    """The sigmoid loss needs the model's ``logit_bias``; the softmax loss would leave one without a gradient."""
+    source = f"init_from {cfg.init_from!r}" if cfg.init_from else "model_overrides"
+    if cfg.loss == "siglip" and model.logit_bias is None:
+        raise ConfigError(f"loss=siglip needs a model with a logit_bias; the model of {source} has none (it was "
+                          "made for the softmax loss): set loss=clip, or start from a sigmoid-trained model")
+    if cfg.loss == "clip" and model.logit_bias is not None:
+        raise ConfigError(f"the model of {source} has a logit_bias (a sigmoid-trained model), which the softmax "
+                          "loss does not use: set loss=siglip")
+    return model
 
 
 def _wrap(recipe: Recipe, cfg: TrainConfig, info: dist.DistInfo) -> nn.Module:

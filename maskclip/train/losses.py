@@ -1,5 +1,6 @@
 """Training losses, as modules apart from the model (open_clip's habit): contrastive (InfoNCE over the
-global batch), SimCLR's NT-Xent, MAE's pixel loss, the two masked-distillation losses, and RILS.
+global batch), SigLIP's sigmoid loss, SimCLR's NT-Xent, MAE's pixel loss, the two masked-distillation
+losses, and RILS.
 
 Every loss returns ``(loss, metrics)``: a 0-dim tensor to back-propagate, and detached scalars to log.
 Losses over masked patches accept zero patches on a rank (a 0 that still carries the graph, never NaN).
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError
-from .distributed import all_reduce_sum, gather, rank
+from .distributed import all_reduce_sum, gather, neighbour_blocks, rank
 
 LossOutput = Tuple[Tensor, Dict[str, Tensor]]
 
@@ -83,6 +84,44 @@ class ContrastiveLoss(nn.Module):
             per_image, per_text = per_image[labels], per_text[labels]
         metrics = {"acc_i2t": _accuracy(per_image, labels), "acc_t2i": _accuracy(per_text, labels)}
         return loss, metrics
+
+
+def _check_scalar(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor) or x.numel() != 1:
+        raise InputError(f"{name} must be a one-element tensor; got {x!r}")
+
+
+class SigmoidLoss(nn.Module):
+    """SigLIP's loss (Zhai et al. 2023): every image-text pair of the global batch is a binary
+    classification, positive on the diagonal and negative elsewhere:
+    ``-sum_ij log sigmoid(label_ij * (scale * cos_ij + bias)) / B`` for this rank's B images against
+    every rank's texts, as open_clip's ``SigLipLoss`` computes it.
+
+    Across ranks the text features travel between neighbours (``distributed.neighbour_blocks``, open_clip's
+    ``bidir``) and each rank scores its images against one block at a time, with gradient back to the
+    block's owner; nothing is gathered. Each rank divides by its own B, so with DDP's averaging the loss
+    and gradients are one process's on the global batch (divided by its size).
+    """
+
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
+                logit_bias: Tensor) -> LossOutput:
+        """image_features, text_features: [B, E], L2-normalised; logit_scale: 0-dim multiplier (exp'd);
+        logit_bias: 0-dim."""
+        _expect_shape("image_features", image_features, "[B, E]", 2)
+        _expect_same("image_features", image_features, "text_features", text_features)
+        _check_scalar("logit_scale (already exponentiated)", logit_scale)
+        _check_scalar("logit_bias", logit_bias)
+        logits = logit_scale * image_features @ text_features.T + logit_bias  # [B, B], positives on the diagonal
+        diagonal = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+        loss = -F.logsigmoid(torch.where(diagonal, logits, -logits)).sum()
+        positive = logits.detach().diagonal()
+        best_negative = logits.detach().masked_fill(diagonal, float("-inf")).amax(dim=1)
+        for texts in neighbour_blocks(text_features):  # another rank's captions: negatives only
+            logits = logit_scale * image_features @ texts.T + logit_bias
+            loss = loss - F.logsigmoid(-logits).sum()
+            best_negative = torch.maximum(best_negative, logits.detach().amax(dim=1))
+        loss = loss / image_features.shape[0]
+        return loss, {"acc_i2t": (positive > best_negative).float().mean()}
 
 
 class NTXentLoss(nn.Module):

@@ -8,12 +8,18 @@ decoders, an EMA teacher). A step has a host side and a device side:
   ``generator``) and works out the caption lengths the text encoders run to. What it adds to the
   batch moves to the device with it (``move``), so the device side never reads a value back (a
   host sync that stalls a GPU's queue).
-- ``forward(batch, generator)`` returns a dict of 0-dim tensors: ``loss`` (what is optimised) and
-  each weighted term and metric for the logs. Given a batch that was not prepared, it prepares it
-  first (drawing from ``generator``).
+- ``forward(batch, generator, cached=None)`` returns a dict of 0-dim tensors: ``loss`` (what is
+  optimised) and each weighted term and metric for the logs. Given a batch that was not prepared, it
+  prepares it first (drawing from ``generator``). With ``cached`` (accumulation with cached features,
+  ``maskclip/train/accumulate.py``) the image-text term is taken against every micro-batch of the
+  step; ``features_only=True`` is that cache's pass: it returns only the batch's normalised
+  ``image`` and ``text`` features ``[B, E]`` of the image-text term, and nothing else runs.
 - ``after_step`` runs after every optimizer step (EMA teacher update, logit-scale clamp).
 
-- ``clip``: the symmetric contrastive loss alone.
+The image-text term of every recipe is ``TrainConfig.loss``: CLIP's softmax loss (``clip``) or
+SigLIP's sigmoid loss (``siglip``, with a learned bias); its output key is ``loss_clip`` either way.
+
+- ``clip``: the image-text loss alone.
 - ``slip``: CLIP + SimCLR on two strongly augmented views (SLIP, Mu et al. 2022).
 - ``clip_mae``: CLIP + MAE pixel reconstruction of masked patches (the ablation MaskCLIP argues against).
 - ``maskclip``: CLIP + masked self-distillation from an EMA teacher in the joint space, for image
@@ -32,11 +38,13 @@ from torch import nn
 
 from ..model import MaskCLIP
 from ..towers import BUCKET_SIZES, DEFAULT_BUCKET_SIZES, length_buckets
+from .accumulate import CachedFeatures
 from .config import DecoderConfig, MaskingConfig, TrainConfig
 from .decoder import PatchDecoder, TokenDecoder
 from .ema import EMATeacher, cosine_momentum
 from .heads import PrototypeHead, SimCLRHead
-from .losses import (ContrastiveLoss, CosineDistillLoss, MAEPixelLoss, NTXentLoss, RILSLoss, SoftDistillLoss)
+from .losses import (ContrastiveLoss, CosineDistillLoss, MAEPixelLoss, NTXentLoss, RILSLoss, SigmoidLoss,
+                     SoftDistillLoss)
 from .masking import Mask, encode_masked, keep, make_mask, random_mask, text_mask
 
 Batch = Dict[str, Any]
@@ -80,7 +88,7 @@ def move(batch: Batch, device: torch.device) -> Batch:
 
 
 class Recipe(nn.Module):
-    """CLIP: the base of every recipe (contrastive loss, FLIP patch dropout, logit-scale clamp)."""
+    """CLIP: the base of every recipe (image-text loss, FLIP patch dropout, logit-scale clamp)."""
 
     name = "clip"
     extra_views = 0  # strongly augmented views the data pipeline must add (SLIP: 2)
@@ -89,7 +97,8 @@ class Recipe(nn.Module):
         super().__init__()
         self.model = model
         self.cfg = cfg
-        self.contrastive = ContrastiveLoss(cfg.contrastive.gather_with_grad, cfg.contrastive.local_loss)
+        self.contrastive = (SigmoidLoss() if cfg.loss == "siglip" else
+                            ContrastiveLoss(cfg.contrastive.gather_with_grad, cfg.contrastive.local_loss))
         self.max_log_scale = math.log(cfg.logit_scale_max)
 
     # --- the host side -----------------------------------------------------------------------
@@ -143,11 +152,26 @@ class Recipe(nn.Module):
         eot = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
         return tower.ln_final(eot) @ tower.text_projection
 
-    def clip_terms(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> Dict[str, torch.Tensor]:
-        loss, metrics = self.contrastive(F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1),
-                                         self.model.logit_scale.exp())
-        return {"loss_clip": loss, **{f"clip_{k}": v for k, v in metrics.items()},
-                "logit_scale": self.model.logit_scale.detach().exp()}
+    def clip_terms(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
+                   cached: Optional[CachedFeatures] = None) -> Dict[str, torch.Tensor]:
+        """The image-text term on the batch's embeddings ``[B, E]``, or with ``cached`` on the whole
+        step's (these rows in place of their cached copies)."""
+        image, text = F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)
+        if cached is not None:
+            image, text = cached.around(image, text)
+        model, sigmoid = self.model, self.cfg.loss == "siglip"
+        bias = (model.logit_bias,) if sigmoid else ()
+        loss, metrics = self.contrastive(image, text, model.logit_scale.exp(), *bias)
+        out = {"loss_clip": loss, **{f"clip_{k}": v for k, v in metrics.items()},
+               "logit_scale": model.logit_scale.detach().exp()}
+        if sigmoid:
+            out["logit_bias"] = model.logit_bias.detach()
+        return out
+
+    @staticmethod
+    def features(image_emb: torch.Tensor, text_emb: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """What the caching pass of accumulation keeps: the normalised embeddings ``[B, E]``."""
+        return {"image": F.normalize(image_emb, dim=-1), "text": F.normalize(text_emb, dim=-1)}
 
     def decoder_input(self, tokens: torch.Tensor, decoder: DecoderConfig) -> torch.Tensor:
         """The student's tokens as the decoder reads them: after ``ln_post`` with ``decoder.norm_input``."""
@@ -165,10 +189,14 @@ class Recipe(nn.Module):
 
     # --- the recipe --------------------------------------------------------------------------
 
-    def forward(self, batch: Batch, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, generator: torch.Generator, cached: Optional[CachedFeatures] = None,
+                features_only: bool = False) -> Dict[str, torch.Tensor]:
         batch = self._ready(batch, generator)
         tokens = self.image_tokens(batch)
-        out = self.clip_terms(self.model.visual.pool(tokens), self.encode_text(batch["text"], batch["text_plan"]))
+        image_emb, text_emb = self.model.visual.pool(tokens), self.encode_text(batch["text"], batch["text_plan"])
+        if features_only:
+            return self.features(image_emb, text_emb)
+        out = self.clip_terms(image_emb, text_emb, cached)
         out["loss"] = out["loss_clip"]
         return out
 
@@ -190,9 +218,12 @@ class SLIP(Recipe):
         self.image_mlp = SimCLRHead(model.config.vision.width, c.hidden_dim, c.out_dim)
         self.simclr = NTXentLoss(c.temperature, cfg.contrastive.gather_with_grad)
 
-    def forward(self, batch: Batch, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, generator: torch.Generator, cached: Optional[CachedFeatures] = None,
+                features_only: bool = False) -> Dict[str, torch.Tensor]:
         batch = self._ready(batch, generator)
-        out = super().forward(batch, generator)
+        out = super().forward(batch, generator, cached, features_only)
+        if features_only:
+            return out
         visual = self.model.visual
         views = batch["views"]  # [2, B, 3, H, W]
         # The encoder has no batch statistics, so both views go through it at once; the head's
@@ -221,10 +252,13 @@ class CLIPMAE(Recipe):
         self._draw_mask(out, self.cfg.mae.masking, generator)
         return out
 
-    def forward(self, batch: Batch, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, generator: torch.Generator, cached: Optional[CachedFeatures] = None,
+                features_only: bool = False) -> Dict[str, torch.Tensor]:
         batch = self._ready(batch, generator)
         c = self.cfg.mae
-        out = super().forward(batch, generator)
+        out = super().forward(batch, generator, cached, features_only)
+        if features_only:
+            return out
         images, mask = batch["image"], batch["mask"]
         tokens, grid = encode_masked(self.model.visual, images, mask, c.masking.mode, self.mask_token)
         pred = self.decoder(self.decoder_input(tokens, c.decoder), mask, grid)
@@ -291,16 +325,22 @@ class MaskCLIPRecipe(Recipe):
             return loss_fn(self.head(pred), teacher_logits)
         return loss_fn(pred, target)
 
-    def forward(self, batch: Batch, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, generator: torch.Generator, cached: Optional[CachedFeatures] = None,
+                features_only: bool = False) -> Dict[str, torch.Tensor]:
         batch = self._ready(batch, generator)
         c = self.cfg.maskclip
+        if features_only and c.contrastive_view == "full":
+            return super().forward(batch, generator, features_only=True)
         images, text, mask = batch["image"], batch["text"], batch["mask"]
         tokens, grid = encode_masked(self.model.visual, images, mask, c.masking.mode, self.mask_token)
         if c.contrastive_view == "masked":
-            out = self.clip_terms(self.model.visual.pool(tokens), self.encode_text(text, batch["text_plan"]))
+            image_emb, text_emb = self.model.visual.pool(tokens), self.encode_text(text, batch["text_plan"])
+            if features_only:
+                return self.features(image_emb, text_emb)
+            out = self.clip_terms(image_emb, text_emb, cached)
             out["loss"] = out["loss_clip"]
         else:
-            out = super().forward(batch, generator)
+            out = super().forward(batch, generator, cached)
         at = mask.ids_masked  # [B, M]: rows in the order x[mask.mask] would give them
         pred = self.decoder(self.decoder_input(tokens, c.decoder), mask, grid, at=at).flatten(0, 1)
         with torch.no_grad():
@@ -356,12 +396,15 @@ class RILS(Recipe):
         self._draw_mask(out, self.cfg.rils.masking, generator)
         return out
 
-    def forward(self, batch: Batch, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, generator: torch.Generator, cached: Optional[CachedFeatures] = None,
+                features_only: bool = False) -> Dict[str, torch.Tensor]:
         batch = self._ready(batch, generator)
         c, images, visual, mask = self.cfg.rils, batch["image"], self.model.visual, batch["mask"]
         tokens = visual.forward_tokens(images)[0]  # the full image: contrastive loss and targets
         image_emb, text_emb = visual.pool(tokens), self.encode_text(batch["text"], batch["text_plan"])
-        out = self.clip_terms(image_emb, text_emb)
+        if features_only:
+            return self.features(image_emb, text_emb)
+        out = self.clip_terms(image_emb, text_emb, cached)
         masked, grid = encode_masked(visual, images, mask, c.masking.mode, self.mask_token)
         at = mask.ids_masked  # the loss reads masked patches only
         pred = self.decoder(self.decoder_input(masked, c.decoder), mask, grid, at=at) @ visual.proj

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import distributed as dist
+from .accumulate import CachedFeatures, GlobalRng
 from .config import TrainConfig
 from .data import derive_seed
 from .optim import lr_at, set_lr
@@ -75,22 +76,8 @@ class StepRunner:
         cfg, info, optimizer, scaler = self.cfg, self.info, self.optimizer, self.scaler
         lr = lr_at(state.step, self.plan.total_steps, self.plan.warmup_steps, cfg.lr, cfg.warmup_start_lr, cfg.min_lr)
         set_lr(optimizer, lr)
-        terms, finite = None, None
-        no_sync = getattr(self.wrapped, "no_sync", None)
         with dist.assume_equal_shapes():  # every rank's micro-batch has plan.local_batch samples
-            for i, loaded in enumerate(micro):
-                generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "step", state.step, info.rank, i))
-                host = self.recipe.prepare({k: loaded[k] for k in _INPUTS if k in loaded}, generator)
-                batch = move(host, info.device)
-                last = i == len(micro) - 1
-                with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
-                    with autocast(cfg, info.device):
-                        out = self.wrapped(batch, generator)
-                    loss = out["loss"].float() / len(micro)
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                values = torch.stack([out[k].detach().float() for k in self._keys(out)]) / len(micro)
-                terms = values if terms is None else terms + values
-                finite = torch.isfinite(loss) if finite is None else finite & torch.isfinite(loss)
+            terms, finite = self.backward(micro, state.step)
             if cfg.distributed == "fsdp" and info.world_size > 1:
                 for p in self.scalar_params:
                     if p.grad is not None:
@@ -113,6 +100,53 @@ class StepRunner:
         self._sums = kept if self._sums is None else self._sums + kept
         self._flags.append(nonfinite)
         self._host.append({"lr": lr, **extra})
+
+    def backward(self, micro: List[Dict[str, torch.Tensor]], step: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The gradients of step ``step`` over its micro-batches, accumulated in the parameters' ``.grad``;
+        returns the mean of the recipe's outputs over micro-batches (``[len(keys)]``) and whether
+        every loss was finite (0-dim bool), both on the device.
+
+        With ``accum_mode="cached"`` and several micro-batches the image-text term is the whole step's
+        (``maskclip/train/accumulate.py``): a no-grad pass caches every micro-batch's features first.
+        """
+        generators = [torch.Generator().manual_seed(derive_seed(self.cfg.seed, "step", step, self.info.rank, i))
+                      for i in range(len(micro))]
+        if self.cfg.accum_mode == "micro" or len(micro) == 1:
+            return self._accumulate(micro, generators, None, None)
+        hosts = [self.recipe.prepare(self._inputs(loaded), g) for loaded, g in zip(micro, generators)]
+        rngs, features = [], []
+        with torch.no_grad():
+            for host, generator in zip(hosts, generators):
+                rngs.append(GlobalRng(self.info.device))
+                with autocast(self.cfg, self.info.device):
+                    features.append(self.wrapped(move(host, self.info.device), generator, features_only=True))
+        return self._accumulate(hosts, generators, CachedFeatures.of(features), rngs)
+
+    def _accumulate(self, micro, generators, cache: Optional[CachedFeatures], rngs: Optional[List[GlobalRng]]):
+        """Forward and backward of each micro-batch (loader batches, or prepared ones with ``cache``)."""
+        cfg, info, scaler = self.cfg, self.info, self.scaler
+        terms, finite = None, None
+        no_sync = getattr(self.wrapped, "no_sync", None)
+        for i, (loaded, generator) in enumerate(zip(micro, generators)):
+            if cache is None:
+                batch, extra = move(self.recipe.prepare(self._inputs(loaded), generator), info.device), {}
+            else:
+                rngs[i].restore()  # the caching pass's random draws, again
+                batch, extra = move(loaded, info.device), {"cached": cache.at(i)}
+            last = i == len(micro) - 1
+            with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
+                with autocast(cfg, info.device):
+                    out = self.wrapped(batch, generator, **extra)
+                loss = out["loss"].float() / len(micro)
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            values = torch.stack([out[k].detach().float() for k in self._keys(out)]) / len(micro)
+            terms = values if terms is None else terms + values
+            finite = torch.isfinite(loss) if finite is None else finite & torch.isfinite(loss)
+        return terms, finite
+
+    @staticmethod
+    def _inputs(loaded: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return {k: loaded[k] for k in _INPUTS if k in loaded}
 
     def _keys(self, out: Dict[str, torch.Tensor]) -> List[str]:
         if self.keys is None:
