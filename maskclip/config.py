@@ -25,6 +25,17 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 ACTIVATIONS = ("quick_gelu", "gelu")
+STEMS = ("patch", "conv")  # image tower stems (maskclip.stem)
+
+
+def conv_stem_channels(patch_size: int, width: int) -> list:
+    """Output channels of each stride-2 convolution: ``[width / 2^(k-1), ..., width / 2, width]``, ``k = log2(p)``."""
+    k = patch_size.bit_length() - 1
+    if patch_size < 2 or 1 << k != patch_size:
+        raise ConfigError(f"vision stem 'conv' needs a patch_size that is a power of two; got {patch_size}")
+    if width % (1 << (k - 1)):
+        raise ConfigError(f"vision stem 'conv' needs a width divisible by patch_size / 2 = {1 << (k - 1)}; got {width}")
+    return [width >> (k - 1 - i) for i in range(k)]
 
 
 @dataclass
@@ -43,6 +54,7 @@ class VisionConfig:
     patch_bias: bool = False  # OpenAI conv1 has no bias; timm/SLIP/RILS patch embeddings do
     pool: str = "token"  # "token": class token (CLIP); "mean": mean of patch tokens (RILS)
     pos_embed: str = "learned"  # "learned" | "sincos" (fixed 2-D sin-cos, RILS/MAE)
+    stem: str = "patch"  # "patch": one patch_size x patch_size projection; "conv": maskclip.stem.ConvStem
 
     @property
     def grid_size(self) -> int:
@@ -62,6 +74,9 @@ class VisionConfig:
         _choice("vision act", self.act, ACTIVATIONS)
         _choice("vision pool", self.pool, ("token", "mean"))
         _choice("vision pos_embed", self.pos_embed, ("learned", "sincos"))
+        _choice("vision stem", self.stem, STEMS)
+        if self.stem == "conv":
+            conv_stem_channels(self.patch_size, self.width)
         if self.pos_embed == "sincos" and self.width % 4:
             raise ConfigError(f"vision pos_embed 'sincos' needs a width divisible by 4; got width={self.width}")
 

@@ -62,7 +62,7 @@ class DualEncoder(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.visual.conv1.weight.dtype
+        return self.text.token_embedding.weight.dtype
 
     @property
     def embed_dim(self) -> int:

@@ -17,6 +17,7 @@ from torch import nn
 from .config import TextConfig, VisionConfig
 from .errors import InputError
 from .layers import Transformer, causal_len, grid_pos_embed, sincos_2d, take_indices
+from .stem import ConvStem
 
 Indices = Union[None, int, Sequence[int]]
 
@@ -27,7 +28,10 @@ class VisionTower(nn.Module):
         self.cfg = cfg
         w, g = cfg.width, cfg.grid_size
         scale = w ** -0.5
-        self.conv1 = nn.Conv2d(3, w, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
+        if cfg.stem == "conv":  # maskclip's own option (maskclip.stem); other layouts have conv1
+            self.stem = ConvStem(cfg.patch_size, w, cfg.norm_eps)
+        else:
+            self.conv1 = nn.Conv2d(3, w, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
         self.class_embedding = nn.Parameter(scale * torch.randn(w))
         if cfg.pos_embed == "sincos":
             self.positional_embedding = nn.Parameter(sincos_2d(w, (g, g)), requires_grad=False)
@@ -53,7 +57,7 @@ class VisionTower(nn.Module):
 
     def patchify(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """``[B, 3, H, W]`` -> patch embeddings ``[B, gh * gw, width]`` (row-major), ``(gh, gw)``."""
-        x = self.conv1(x)
+        x = self.stem(x) if self.cfg.stem == "conv" else self.conv1(x)
         return x.flatten(2).transpose(1, 2), (x.shape[2], x.shape[3])
 
     def add_class_and_pos(self, patches: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:

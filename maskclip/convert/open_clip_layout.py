@@ -170,6 +170,8 @@ def to_open_clip(config: ModelConfig, sd: Mapping[str, torch.Tensor]) -> Tuple[D
                           f"uses {v.act!r} for vision and {t.act!r} for text")
     if v.patch_bias:
         raise ConfigError("open_clip's patch embedding (conv1) has no bias; this model's vision patch_bias is True")
+    if v.stem != "patch":
+        raise ConfigError(f"open_clip's patch embedding is one projection (conv1); this model's vision stem is {v.stem!r}")
     if pp.image_size != v.image_size:
         raise ConfigError(f"open_clip preprocesses at the image tower's size ({v.image_size}); this model's "
                           f"preprocess image_size is {pp.image_size}")

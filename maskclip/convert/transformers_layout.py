@@ -115,7 +115,8 @@ def to_transformers(config: ModelConfig, sd: Mapping[str, torch.Tensor]) -> Tupl
     for ok, what in ((v.ln_pre, "its pre_layrnorm is mandatory; this model has ln_pre=False"),
                      (not v.patch_bias, "its patch embedding has no bias; this model has patch_bias=True"),
                      (v.pool == "token", f"it pools the class token; this model's vision pool is {v.pool!r}"),
-                     (v.pos_embed == "learned", f"its position embedding is learned; this model's is {v.pos_embed!r}")):
+                     (v.pos_embed == "learned", f"its position embedding is learned; this model's is {v.pos_embed!r}"),
+                     (v.stem == "patch", f"its patch embedding is one projection; this model's vision stem is {v.stem!r}")):
         if not ok:
             raise ConfigError(f"cannot export to transformers CLIPModel: {what}")
     text_config = {
