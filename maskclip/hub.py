@@ -1,7 +1,7 @@
 """Model names, the registry, Hub downloads, and ``load``: one place that turns a name into a model.
 
 ``load`` accepts a registry name (``maskclip.available_models()``), an open_clip name
-(``"ViT-B-16-SigLIP2/webli"``, ``maskclip.open_clip_names``), a local checkpoint folder or weights
+(``"ViT-B-16-SigLIP2/webli"``, ``maskclip.open_clip_names()``), a local checkpoint folder or weights
 file, or ``hf-hub:org/repo[@revision]``. Hub files go through
 ``huggingface_hub.hf_hub_download`` (its cache, resumable downloads, ``HF_HUB_OFFLINE``).
 """
@@ -23,7 +23,7 @@ from .config import ModelConfig
 from .errors import InputTypeError, ModelNotFoundError, WeightsError, WeightsUnavailableError
 from .convert.open_clip_timm import family_preprocess
 from .model import DualEncoder
-from .open_clip_names import open_clip_entry, open_clip_names
+from .open_clip_models import open_clip_entry, open_clip_names
 
 HUB_PREFIX = "hf-hub:"
 
@@ -279,7 +279,7 @@ def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] =
 
     Args:
         name: a registered name (``available_models()``), an open_clip name
-            (``"<architecture>/<tag>"``, ``maskclip.open_clip_names.open_clip_names()``), a checkpoint folder (maskclip,
+            (``"<architecture>/<tag>"``, ``maskclip.open_clip_names()``), a checkpoint folder (maskclip,
             open_clip or transformers layout), a weights file, or ``"hf-hub:org/repo[@revision]"``.
         device, dtype: where and in which floating dtype to put the weights (default CPU, fp32).
         revision: Hub branch, tag or commit.

@@ -178,7 +178,7 @@ class TimmVisionTower(nn.Module):
         x = t._pos_embed(x)
         if isinstance(x, tuple):  # EVA also returns its rotary embedding; dense_blocks rebuilds it
             x = x[0]
-        return t.norm_pre(t.patch_drop(x)), grid
+        return t.norm_pre(x), grid  # patch dropout (training only) left out: maskclip does not train these
 
     def dense_blocks(self, grid: Tuple[int, int]) -> List[BlockView]:
         """The blocks as ``maskclip.layers.Block``-like views, for tokens on ``grid``."""
