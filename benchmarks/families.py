@@ -109,7 +109,8 @@ def build(workdir: Path):
     folder = factories.write_open_clip_folder(workdir / "open_clip", oc, model_cfg)
     ours = maskclip.load(folder)
     hf = SiglipModel(_siglip_config(model_cfg)).eval()
-    hf.load_state_dict(_to_siglip(oc.state_dict()), strict=False)
+    missing, unexpected = hf.load_state_dict(_to_siglip(oc.state_dict()), strict=False)
+    assert not unexpected and all(k.endswith("position_ids") for k in missing), (missing, unexpected)
     return ours, oc, hf, model_cfg
 
 

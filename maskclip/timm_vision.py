@@ -16,7 +16,8 @@ projections, its norm and MLP (the attention of one query over one token is the 
 so when every token is the same the per-patch feature is the pooled embedding.
 
 timm is imported when a tower is built (importing it imports torchvision), never for OpenAI-style
-models. The trunk is made with ``dynamic_img_size=True`` (no parameter changes), so any input size
+models. The towers' ``nn.Linear`` layers become ``maskclip.layers.Linear`` (the same parameters and
+names), so fp32 CPU inference runs on oneDNN's kernel as maskclip's own towers do. The trunk is made with ``dynamic_img_size=True`` (no parameter changes), so any input size
 works, its position embedding resampled by timm.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch import nn
 
 from .config import VisionConfig
 from .errors import ConfigError, InputError
-from .layers import take_indices
+from .layers import Linear, take_indices
 
 # timm models maskclip builds as image towers: the ViT and EVA blocks whose attention it knows.
 # "test_vit*" are timm's tiny test configs (reg tokens, layer scale, MAP over prefix tokens).
@@ -136,6 +137,17 @@ class BlockView:
         return self.block(x) if self.rope is None else self.block(x, rope=self.rope)
 
 
+def _use_maskclip_linears(module: nn.Module) -> None:
+    """Replace every plain ``nn.Linear`` under ``module`` by a ``maskclip.layers.Linear`` holding the same
+    parameters: same names and state dict, oneDNN's kernel in fp32 CPU inference (``layers._use_onednn``)."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                fast = Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+                fast.weight, fast.bias = child.weight, child.bias
+                setattr(parent, name, fast)
+
+
 def _layer_scale(block: nn.Module, i: int):
     """The block's layer scale of branch ``i``: timm ViT's ``ls{i}``, EVA's ``gamma_{i}``, or identity."""
     ls = getattr(block, f"ls{i}", None)
@@ -152,6 +164,7 @@ class TimmVisionTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.trunk, self.head = create_trunk(cfg, embed_dim)
+        _use_maskclip_linears(self)
         self.num_prefix_tokens = self.trunk.num_prefix_tokens
         for block in self.trunk.blocks:
             if getattr(block.attn, "gate", None) is not None or not hasattr(block, "norm1"):
