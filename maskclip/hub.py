@@ -163,9 +163,6 @@ def parse_hub_name(name: str) -> Tuple[str, Optional[str]]:
 
 # --- load ----------------------------------------------------------------------------------
 
-# Files a non-CLIP tokenizer may need (``maskclip.spm_tokenizer``), fetched on first use of the tokenizer.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
-
 # What resolution returns: native config, state dict, and the folder (local, or a Hub repo fetched on demand)
 # that holds a non-CLIP tokenizer's files, if any.
 Resolved = Tuple[ModelConfig, Dict[str, torch.Tensor], Optional[Callable[[], Path]]]
@@ -184,7 +181,7 @@ def _local(folder: Path) -> Callable[[], Path]:
 def _hub_tokenizer_folder(repo: str, revision: Optional[str], cache_dir, folder: Path) -> Callable[[], Path]:
     """A callable that fetches the tokenizer files of a Hub repo into its snapshot ``folder`` and returns it."""
     def fetch() -> Path:
-        for filename in TOKENIZER_FILES:
+        for filename in serialization.TOKENIZER_FILES:
             hub_file(repo, filename, revision, cache_dir)
         return folder
     return fetch
@@ -294,6 +291,7 @@ def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] =
     model = build_model(config, sd, source=str(name))
     if config.text.hf_tokenizer_name and tokenizer_folder is not None:
         model.tokenizer_loader = partial(folder_tokenizer, tokenizer_folder, config.text.context_length)
+        model.tokenizer_files = tokenizer_folder
     model.to(device=device or "cpu", dtype=dtype)
     model.autocast = autocast
     model.eval()

@@ -59,7 +59,10 @@ class DualEncoder(nn.Module):
         self._autocast: Optional[torch.dtype] = None
         self._proxies = {}  # ProxyCLIP proxies built by name; a plain dict, so not in the state dict
         self._tokenizer = None if config.text.hf_tokenizer_name else get_tokenizer()
-        self.tokenizer_loader: Optional[Callable[[], object]] = None  # set by maskclip.load for non-CLIP tokenizers
+        # Set by maskclip.load for non-CLIP tokenizers: builds the tokenizer, and gives the folder holding its
+        # files (save_pretrained copies them).
+        self.tokenizer_loader: Optional[Callable[[], object]] = None
+        self.tokenizer_files: Optional[Callable[[], object]] = None
 
     # --- properties --------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ works, its position embedding resampled by timm.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from fnmatch import fnmatch
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -39,6 +40,7 @@ from .layers import Linear, take_indices
 SUPPORTED_TIMM_MODELS = ("vit_*_siglip_*", "eva02_*_clip_*", "test_vit", "test_vit2", "test_vit3")
 
 Indices = Union[None, int, Sequence[int]]
+_BLOCKS = ("Block", "EvaBlock")  # timm's pre-norm ViT and EVA blocks, the ones BlockView reproduces
 
 
 def check_timm_model_name(name) -> None:
@@ -73,21 +75,12 @@ def create_trunk(cfg: VisionConfig, embed_dim: int) -> Tuple[nn.Module, nn.Seque
 def describe(cfg: VisionConfig, embed_dim: int) -> VisionConfig:
     """``cfg`` with ``patch_size``, ``width``, ``layers``, ``heads`` and ``mlp_ratio`` read from its timm
     model (built on the meta device: no memory, no random numbers)."""
-    from dataclasses import replace
-
     with torch.device("meta"):
         trunk, _ = create_trunk(cfg, embed_dim)
-    block = trunk.blocks[0]
-    heads = block.attn.num_heads
-    width = trunk.embed_dim
-    hidden = _mlp_hidden(block.mlp)
+    block, width = trunk.blocks[0], trunk.embed_dim
+    # fc2's input is the hidden width in timm's Mlp, GluMlp and SwiGLU (EVA02) alike
     return replace(cfg, patch_size=trunk.patch_embed.patch_size[0], width=width, layers=len(trunk.blocks),
-                   heads=heads, mlp_ratio=hidden / width)
-
-
-def _mlp_hidden(mlp: nn.Module) -> int:
-    fc = getattr(mlp, "fc2", None) or getattr(mlp, "w3", None)
-    return fc.in_features
+                   heads=block.attn.num_heads, mlp_ratio=block.mlp.fc2.in_features / width)
 
 
 class _AttentionView:
@@ -166,8 +159,8 @@ class TimmVisionTower(nn.Module):
         self.trunk, self.head = create_trunk(cfg, embed_dim)
         _use_maskclip_linears(self)
         self.num_prefix_tokens = self.trunk.num_prefix_tokens
-        for block in self.trunk.blocks:
-            if getattr(block.attn, "gate", None) is not None or not hasattr(block, "norm1"):
+        for block in self.trunk.blocks:  # pre-norm blocks only: BlockView runs x + attn(norm1 x), x + mlp(norm2 x)
+            if type(block).__name__ not in _BLOCKS or getattr(block.attn, "gate", None) is not None:
                 raise ConfigError(f"the timm model {cfg.timm_model_name!r} has blocks maskclip cannot run "
                                   f"({type(block).__name__}); supported: {list(SUPPORTED_TIMM_MODELS)}")
 

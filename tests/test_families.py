@@ -206,6 +206,20 @@ def test_vanilla_dense_block_views_run_timm_blocks_exactly():
         assert q.shape == k.shape == v.shape == (2, 3, 1 + 100, 32)
 
 
+def test_forward_intermediates_of_a_timm_tower_gives_per_block_patch_tokens():
+    cfg, sd = convert.from_open_clip({"model_cfg": ODD_MAP}, custom_text_clip(ODD_MAP).state_dict())
+    visual = maskclip.build.build_model(cfg, sd).eval().visual
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        emb, blocks = visual.forward_intermediates(x, indices=2)
+        only = visual.forward_intermediates(x, indices=[0], output_fmt="NLC", intermediates_only=True)
+        assert torch.allclose(emb, visual(x), atol=1e-6)
+    assert [b.shape for b in blocks] == [(2, 96, 10, 10)] * 2
+    assert [b.shape for b in only] == [(2, 100, 96)]
+    with pytest.raises(InputError, match="output_fmt"):
+        visual.forward_intermediates(x, output_fmt="NHWC")
+
+
 def test_map_per_patch_feature_equals_the_pooled_embedding_when_all_tokens_are_equal():
     """SigLIP's MAP head in per-patch form: identical tokens make attention pooling the identity."""
     cfg, sd = convert.from_open_clip({"model_cfg": ODD_MAP}, custom_text_clip(ODD_MAP).state_dict())
@@ -300,12 +314,19 @@ def test_a_sentencepiece_tokenizer_is_read_from_the_checkpoint_folder_on_first_u
     monkeypatch.setitem(sys.modules, "maskclip.spm_tokenizer", types.SimpleNamespace(SentencePieceTokenizer=FakeSentencePiece))
     model_cfg = json.loads(json.dumps(ODD_MAP))
     model_cfg["text_cfg"]["hf_tokenizer_name"] = "timm/ViT-B-16-SigLIP2"
-    model = load_from_hub(custom_text_clip(model_cfg), model_cfg, cache, tmp_path)
+    folder = F.write_open_clip_folder(tmp_path / "oc", custom_text_clip(model_cfg), model_cfg)
+    (folder / "tokenizer.json").write_text('{"model": "not read by the fake"}')
+    F.write_hub_cache(cache, "org/siglip", folder)
+    model = maskclip.load("hf-hub:org/siglip")
     assert seen == []  # nothing read at load
     ids = model.tokenize(["a cat"])
     assert ids.shape == (1, 16) and len(seen) == 1
-    assert (seen[0][0] / "open_clip_config.json").is_file() and seen[0][1] == 16
+    assert (seen[0][0] / "tokenizer.json").is_file() and seen[0][1] == 16
     assert model.config.text.hf_tokenizer_name == "timm/ViT-B-16-SigLIP2"
+    model.save_pretrained(tmp_path / "native")  # the tokenizer's files go along
+    again = maskclip.load(tmp_path / "native")
+    again.tokenize("a dog")
+    assert seen[-1][0] == tmp_path / "native" and (tmp_path / "native" / "tokenizer.json").is_file()
 
 
 def test_a_missing_sentencepiece_module_is_a_clear_error(monkeypatch, tmp_path):
