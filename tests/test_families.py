@@ -436,3 +436,11 @@ def test_an_unsupported_timm_tower_is_refused_naming_it_and_listing_the_supporte
     with pytest.raises(ConfigError, match=timm_name) as err:
         convert.from_open_clip({"model_cfg": model_cfg}, {})
     assert all(p in str(err.value) for p in SUPPORTED_TIMM_MODELS)
+
+
+@pytest.mark.parametrize("name", ["coca_ViT-B-32", "RN50", "convnext_base", "MobileCLIP-S1", "xlm-roberta-base-ViT-B-32"])
+def test_an_open_clip_family_maskclip_cannot_build_is_refused_listing_what_it_builds(name):
+    cfg = open_clip.get_model_config(name)
+    with pytest.raises(ConfigError) as err:
+        convert.from_open_clip({"model_cfg": cfg}, {})
+    assert "SigLIP2" in str(err.value) and "vit_*_siglip_*" in str(err.value), str(err.value)

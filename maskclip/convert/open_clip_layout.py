@@ -13,6 +13,7 @@ import torch
 
 from ..config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
 from ..errors import ConfigError
+from ..timm_vision import SUPPORTED_TIMM_MODELS
 from .detect import detect_layout
 from .infer import DEFAULT_LOGIT_SCALE, square_size, with_logit_scale
 from .open_clip_timm import (custom_text_to_native, family, family_preprocess, native_to_custom_text,
@@ -53,6 +54,9 @@ _MODEL_FIELDS = {
 }
 _TEXT_POOLS = ("argmax", "last")
 _DEFAULT_BLOCK_TYPES = (None, "default")
+SUPPORTED_FAMILIES = ("maskclip builds open_clip's ViT CLIPs (its own towers: OpenAI, LAION, DFN, MetaCLIP weights) and "
+                      f"timm image towers {list(SUPPORTED_TIMM_MODELS)} (SigLIP, SigLIP2, EVA02-CLIP); not ResNets, "
+                      "ConvNeXt, CoCa, MobileCLIP or Hugging Face text towers")
 _INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
@@ -63,7 +67,7 @@ def _check_fields(cfg: Mapping[str, Any], spec: Mapping[str, tuple], where: str)
         rule = spec.get(key)
         if rule is None:
             raise ConfigError(f"open_clip {where} has the field {key!r}, which maskclip does not know; refusing "
-                              "to load a model it might build wrong")
+                              f"to load a model it might build wrong. {SUPPORTED_FAMILIES}")
         if rule[0] != "default":
             continue
         default = rule[1]
@@ -71,7 +75,8 @@ def _check_fields(cfg: Mapping[str, Any], spec: Mapping[str, tuple], where: str)
             value == default or (default in (None, False) and not value))
         if not ok:
             raise ConfigError(f"open_clip {where}.{key} = {value!r} is not supported by maskclip (supported: "
-                              f"{default!r}); this model cannot be loaded without changing what it computes")
+                              f"{default!r}); this model cannot be loaded without changing what it computes. "
+                              f"{SUPPORTED_FAMILIES}")
 
 
 def _eps(cfg: Mapping[str, Any], where: str) -> float:
@@ -86,7 +91,7 @@ def _vision_config(cfg: Mapping[str, Any], act: str) -> VisionConfig:
     layers = cfg.get("layers", 12)
     if isinstance(layers, (list, tuple)):
         raise ConfigError(f"open_clip vision_cfg.layers = {list(layers)} describes a ResNet; maskclip supports "
-                          "ViT image towers only")
+                          f"ViT image towers only. {SUPPORTED_FAMILIES}")
     width, head_width = cfg.get("width", 768), cfg.get("head_width", 64)
     pool = {"tok": "token", "avg": "mean"}.get(cfg.get("pool_type", "tok"))
     pos = {"learnable": "learned", "sin_cos_2d": "sincos"}.get(cfg.get("pos_embed_type", "learnable"))
