@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -28,6 +29,9 @@ ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")
 # open_clip's pooling and projection of a timm image tower (``vision_cfg.timm_pool`` / ``timm_proj``).
 TIMM_POOLS = ("map", "token", "avg")
 TIMM_PROJS = ("linear", "mlp", "none", None)
+# timm models maskclip builds as image towers (``maskclip.timm_vision``): the ViT and EVA blocks whose
+# attention it knows. "test_vit*" are timm's tiny test configs (reg tokens, layer scale, MAP over prefix tokens).
+SUPPORTED_TIMM_MODELS = ("vit_*_siglip_*", "eva02_*_clip_*", "test_vit", "test_vit2", "test_vit3")
 
 
 @dataclass
@@ -78,8 +82,6 @@ class VisionConfig:
             self._validate_timm()
 
     def _validate_timm(self) -> None:
-        from .timm_vision import check_timm_model_name  # no timm import: names are checked as data
-
         check_timm_model_name(self.timm_model_name)
         _choice("vision timm_pool", self.timm_pool, TIMM_POOLS)
         _choice("vision timm_proj", self.timm_proj, TIMM_PROJS)
@@ -216,6 +218,13 @@ class ModelConfig:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ConfigError(f"{path} is not valid JSON: {type(e).__name__}: {e}") from None
         return cls.from_dict(d)
+
+
+def check_timm_model_name(name) -> None:
+    """``ConfigError`` unless ``name`` matches one of ``SUPPORTED_TIMM_MODELS`` (checked without importing timm)."""
+    if not isinstance(name, str) or not any(fnmatch(name, p) for p in SUPPORTED_TIMM_MODELS):
+        raise ConfigError(f"the timm image tower {name!r} is not supported by maskclip; supported timm models: "
+                          f"{list(SUPPORTED_TIMM_MODELS)} (SigLIP / SigLIP2 ViTs, EVA02-CLIP)")
 
 
 def _build(cls, d, where, **extra):

@@ -8,6 +8,7 @@ file, or ``hf-hub:org/repo[@revision]``. Hub files go through
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
 from functools import lru_cache, partial
@@ -260,8 +261,8 @@ def _resolve_registered(name: str, revision: Optional[str], cache_dir) -> Resolv
 
 def folder_tokenizer(folder: Callable[[], Path], context_length: int):
     """The non-CLIP tokenizer (``maskclip.spm_tokenizer``) whose files ``folder()`` holds."""
-    try:
-        from .spm_tokenizer import SentencePieceTokenizer
+    try:  # by name: the module needs the optional 'tokenizers' package
+        SentencePieceTokenizer = importlib.import_module("maskclip.spm_tokenizer").SentencePieceTokenizer
     except ImportError as e:
         raise ModelNotFoundError(
             "this model's tokenizer is SentencePiece (SigLIP's), which needs maskclip.spm_tokenizer and the "

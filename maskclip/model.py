@@ -58,7 +58,7 @@ class DualEncoder(nn.Module):
         self.preprocess = transforms.Preprocess(config.preprocess)
         self._autocast: Optional[torch.dtype] = None
         self._proxies = {}  # ProxyCLIP proxies built by name; a plain dict, so not in the state dict
-        self._tokenizer = None if config.text.hf_tokenizer_name else get_tokenizer()
+        self._tokenizer = None  # built on first use (``tokenizer``)
         # Set by maskclip.load for non-CLIP tokenizers: builds the tokenizer, and gives the folder holding its
         # files (save_pretrained copies them).
         self.tokenizer_loader: Optional[Callable[[], object]] = None
@@ -129,6 +129,8 @@ class DualEncoder(nn.Module):
         SentencePiece): that one is read from the checkpoint folder on first use, or set here.
         """
         if self._tokenizer is None:
+            if not self.config.text.hf_tokenizer_name:
+                return get_tokenizer()
             if self.tokenizer_loader is None:
                 raise InputError(
                     f"this model's tokenizer ({self.config.text.hf_tokenizer_name!r}) is not CLIP's and was not "

@@ -24,30 +24,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import replace
-from fnmatch import fnmatch
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VisionConfig
+from .config import SUPPORTED_TIMM_MODELS, VisionConfig, check_timm_model_name
 from .errors import ConfigError, InputError
 from .layers import Linear, take_indices
 
-# timm models maskclip builds as image towers: the ViT and EVA blocks whose attention it knows.
-# "test_vit*" are timm's tiny test configs (reg tokens, layer scale, MAP over prefix tokens).
-SUPPORTED_TIMM_MODELS = ("vit_*_siglip_*", "eva02_*_clip_*", "test_vit", "test_vit2", "test_vit3")
 
 Indices = Union[None, int, Sequence[int]]
 _BLOCKS = ("Block", "EvaBlock")  # timm's pre-norm ViT and EVA blocks, the ones BlockView reproduces
-
-
-def check_timm_model_name(name) -> None:
-    """``ConfigError`` unless ``name`` matches one of ``SUPPORTED_TIMM_MODELS`` (checked without timm)."""
-    if not isinstance(name, str) or not any(fnmatch(name, p) for p in SUPPORTED_TIMM_MODELS):
-        raise ConfigError(f"the timm image tower {name!r} is not supported by maskclip; supported timm models: "
-                          f"{list(SUPPORTED_TIMM_MODELS)} (SigLIP / SigLIP2 ViTs, EVA02-CLIP)")
 
 
 def create_trunk(cfg: VisionConfig, embed_dim: int) -> Tuple[nn.Module, nn.Sequential]:

@@ -19,10 +19,10 @@ import torch
 
 import maskclip
 from maskclip import convert, dense
-from maskclip.config import ModelConfig, TextConfig, VisionConfig
+from maskclip.config import SUPPORTED_TIMM_MODELS, ModelConfig, TextConfig, VisionConfig
 from maskclip.errors import ConfigError, InputError, ModelNotFoundError
 from maskclip.model import DualEncoder
-from maskclip.timm_vision import SUPPORTED_TIMM_MODELS, TimmVisionTower, describe
+from maskclip.timm_vision import TimmVisionTower, describe
 import factories as F
 
 open_clip = pytest.importorskip("open_clip")
@@ -168,6 +168,10 @@ def test_vit_b_family_matches_open_clip_and_runs_every_dense_method(name, cache,
     del reference
     x = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
+        if getattr(model.visual.trunk, "attn_pool", None) is not None:  # SigLIP's MAP head, per patch
+            token = torch.randn(1, 1, model.visual.cfg.width).expand(1, 6, -1)
+            per_patch, pooled = model.visual.project_patches(token), model.visual.pool(token)
+            assert torch.allclose(per_patch, pooled[:, None].expand_as(per_patch), rtol=1e-5, atol=1e-5)
         for method in dense.METHODS:
             feats = model._dense_features(x, method)
             assert feats.shape == (1, model.embed_dim, 4, 5), method

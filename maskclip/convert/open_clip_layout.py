@@ -11,9 +11,8 @@ from typing import Any, Dict, Mapping, Tuple
 
 import torch
 
-from ..config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
+from ..config import SUPPORTED_TIMM_MODELS, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
 from ..errors import ConfigError
-from ..timm_vision import SUPPORTED_TIMM_MODELS
 from .detect import detect_layout
 from .infer import DEFAULT_LOGIT_SCALE, square_size, with_logit_scale
 from .open_clip_timm import (custom_text_to_native, family, family_preprocess, native_to_custom_text,

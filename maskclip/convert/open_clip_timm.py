@@ -13,9 +13,9 @@ from typing import Any, Dict, Mapping
 import torch
 
 from .. import resources
-from ..config import ModelConfig, PreprocessConfig, VisionConfig
+from ..config import ModelConfig, PreprocessConfig, VisionConfig, check_timm_model_name
 from ..errors import ConfigError, WeightsError
-from ..timm_vision import check_timm_model_name, describe
+from ..timm_vision import describe
 from .infer import square_size
 from .rules import StateDict
 
