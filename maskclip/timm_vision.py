@@ -34,7 +34,6 @@ from .config import SUPPORTED_TIMM_MODELS, VisionConfig, check_timm_model_name
 from .errors import ConfigError, InputError
 from .layers import Linear, take_indices
 
-
 Indices = Union[None, int, Sequence[int]]
 _BLOCKS = ("Block", "EvaBlock")  # timm's pre-norm ViT and EVA blocks, the ones BlockView reproduces
 
@@ -119,6 +118,16 @@ class BlockView:
         return self.block(x) if self.rope is None else self.block(x, rope=self.rope)
 
 
+def _check_described(cfg: VisionConfig, trunk: nn.Module) -> None:
+    """``ConfigError`` unless ``cfg``'s shape fields are those of its timm model (the rest of maskclip reads them)."""
+    want = (trunk.patch_embed.patch_size[0], trunk.embed_dim, len(trunk.blocks), trunk.blocks[0].attn.num_heads)
+    got = (cfg.patch_size, cfg.width, cfg.layers, cfg.heads)
+    if got != want:
+        raise ConfigError(f"vision config (patch_size, width, layers, heads) = {got} does not describe the timm model "
+                          f"{cfg.timm_model_name!r}, which has {want}; build the config with "
+                          "maskclip.timm_vision.describe(vision_config, embed_dim)")
+
+
 def _use_maskclip_linears(module: nn.Module) -> None:
     """Replace every plain ``nn.Linear`` under ``module`` by a ``maskclip.layers.Linear`` holding the same
     parameters: same names and state dict, oneDNN's kernel in fp32 CPU inference (``layers._use_onednn``)."""
@@ -146,6 +155,7 @@ class TimmVisionTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.trunk, self.head = create_trunk(cfg, embed_dim)
+        _check_described(cfg, self.trunk)
         _use_maskclip_linears(self)
         self.num_prefix_tokens = self.trunk.num_prefix_tokens
         for block in self.trunk.blocks:  # pre-norm blocks only: BlockView runs x + attn(norm1 x), x + mlp(norm2 x)

@@ -448,3 +448,11 @@ def test_an_open_clip_family_maskclip_cannot_build_is_refused_listing_what_it_bu
     with pytest.raises(ConfigError) as err:
         convert.from_open_clip({"model_cfg": cfg}, {})
     assert "SigLIP2" in str(err.value) and "vit_*_siglip_*" in str(err.value), str(err.value)
+
+
+def test_a_timm_vision_config_that_does_not_describe_its_model_is_refused():
+    vision = VisionConfig(image_size=160, act="gelu", timm_model_name="test_vit3", timm_pool="map", timm_proj="none")
+    cfg = ModelConfig(embed_dim=96, vision=vision, text=TextConfig(width=32, heads=2, layers=1, vocab_size=100))
+    with pytest.raises(ConfigError, match="describe"):
+        DualEncoder(cfg)
+    assert DualEncoder(dataclasses.replace(cfg, vision=describe(vision, 96))).visual.cfg.layers == 9
