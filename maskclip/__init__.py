@@ -10,6 +10,7 @@ from .errors import (ConfigError, ImageNotFoundError, ImageReadError, InputError
 from .hub import available_models, load, model_info
 from .model import DualEncoder, MaskCLIP
 from .onnx_export import export_onnx
+from .open_clip_models import open_clip_names
 from .tokenizer import tokenize
 from .version import __version__
 from .zero_shot import imagenet_classnames, template_sets
@@ -17,7 +18,7 @@ from .zero_shot import imagenet_classnames, template_sets
 
 __all__ = [
     "DualEncoder", "MaskCLIP", "ModelConfig", "VisionConfig", "TextConfig", "PreprocessConfig", "architecture_config",
-    "load", "available_models", "model_info", "tokenize", "imagenet_classnames", "template_sets", "export_onnx",
+    "load", "available_models", "model_info", "open_clip_names", "tokenize", "imagenet_classnames", "template_sets", "export_onnx",
     "MaskCLIPError", "InputError", "InputTypeError", "ImageReadError", "ImageNotFoundError",
     "ModelNotFoundError", "WeightsUnavailableError", "WeightsError", "ConfigError",
 ]

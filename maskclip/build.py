@@ -28,6 +28,8 @@ def build_model(config: ModelConfig, state_dict: Dict[str, torch.Tensor], source
     problems, shallow = [], config
     for tower, part in (("visual", "vision"), ("text", "text")):
         cfg = getattr(shallow, part)
+        if part == "vision" and cfg.timm_model_name is not None:
+            continue  # a timm tower's depth is its model name's, compared key by key below
         found = count_blocks(state_dict, f"{tower}.transformer.resblocks.")
         if found != cfg.layers:
             problems.append(f"the config has {cfg.layers} {tower} blocks, the weights {found}")

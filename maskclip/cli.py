@@ -66,6 +66,8 @@ def cmd_classify(args) -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
+    print("probabilities: sigmoid per label (SigLIP-style; rows need not sum to 1)" if model.sigmoid_probabilities
+          else "probabilities: softmax over the labels (each image's sum to 1)")
     for r in results:
         print(r["image"])
         for item in r["labels"]:

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -24,8 +25,14 @@ FORMATS = ("maskclip", "open_clip", "transformers")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
-ACTIVATIONS = ("quick_gelu", "gelu")
+ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")
 STEMS = ("patch", "conv")  # image tower stems (maskclip.stem)
+# open_clip's pooling and projection of a timm image tower (``vision_cfg.timm_pool`` / ``timm_proj``).
+TIMM_POOLS = ("map", "token", "avg")
+TIMM_PROJS = ("linear", "mlp", "none", None)
+# timm models maskclip builds as image towers (``maskclip.timm_vision``): the ViT and EVA blocks whose
+# attention it knows. "test_vit*" are timm's tiny test configs (reg tokens, layer scale, MAP over prefix tokens).
+SUPPORTED_TIMM_MODELS = ("vit_*_siglip_*", "eva02_*_clip_*", "test_vit", "test_vit2", "test_vit3")
 
 
 def conv_stem_channels(patch_size: int, width: int) -> list:
@@ -55,6 +62,13 @@ class VisionConfig:
     pool: str = "token"  # "token": class token (CLIP); "mean": mean of patch tokens (RILS)
     pos_embed: str = "learned"  # "learned" | "sincos" (fixed 2-D sin-cos, RILS/MAE)
     stem: str = "patch"  # "patch": one patch_size x patch_size projection; "conv": maskclip.stem.ConvStem
+    # A timm model as the image tower, as open_clip builds it (``maskclip.timm_vision``): then the
+    # fields above only describe it (patch_size, width, layers, heads: read from the timm model)
+    # and ``timm_pool`` / ``timm_proj`` / ``timm_proj_bias`` are open_clip's ``vision_cfg`` fields.
+    timm_model_name: Optional[str] = None
+    timm_pool: str = "avg"
+    timm_proj: Optional[str] = "linear"
+    timm_proj_bias: bool = False
 
     @property
     def grid_size(self) -> int:
@@ -79,11 +93,28 @@ class VisionConfig:
             conv_stem_channels(self.patch_size, self.width)
         if self.pos_embed == "sincos" and self.width % 4:
             raise ConfigError(f"vision pos_embed 'sincos' needs a width divisible by 4; got width={self.width}")
+        if self.timm_model_name is not None:
+            self._validate_timm()
+
+    def _validate_timm(self) -> None:
+        check_timm_model_name(self.timm_model_name)
+        if self.stem != "patch":
+            raise ConfigError(f"vision stem {self.stem!r} is for maskclip's own ViT; a timm image tower "
+                              f"({self.timm_model_name!r}) has its own patch embedding")
+        _choice("vision timm_pool", self.timm_pool, TIMM_POOLS)
+        _choice("vision timm_proj", self.timm_proj, TIMM_PROJS)
+        _flags(self, "timm_proj_bias")
 
 
 @dataclass
 class TextConfig:
-    """Causal text transformer pooled at the end-of-text token. Defaults are OpenAI's."""
+    """Text transformer. Defaults are OpenAI's: causal, pooled at the end-of-text token (the max id).
+
+    SigLIP's (open_clip ``no_causal_mask``, ``pool_type: "last"``, ``proj_bias``): full attention,
+    pooled at the last position, a bias on the projection. ``hf_tokenizer_name`` and
+    ``tokenizer_kwargs`` are open_clip's ``text_cfg`` fields naming a non-CLIP tokenizer (kept for
+    export; the files come from the checkpoint folder).
+    """
 
     context_length: int = 77
     vocab_size: int = 49408
@@ -93,9 +124,20 @@ class TextConfig:
     mlp_ratio: float = 4.0
     act: str = "quick_gelu"
     norm_eps: float = 1e-5
+    causal: bool = True
+    pool: str = "argmax"  # "argmax": the end-of-text token (CLIP) | "last": the last position (SigLIP)
+    proj_bias: bool = False
+    hf_tokenizer_name: Optional[str] = None
+    tokenizer_kwargs: Optional[Dict[str, Any]] = None
 
     def validate(self) -> None:
         _positive(self, "context_length", "vocab_size", "width", "layers", "heads")
+        _flags(self, "causal", "proj_bias")
+        _choice("text pool", self.pool, ("argmax", "last"))
+        if self.hf_tokenizer_name is not None and not isinstance(self.hf_tokenizer_name, str):
+            raise ConfigError(f"text hf_tokenizer_name must be a string or null; got {self.hf_tokenizer_name!r}")
+        if self.tokenizer_kwargs is not None and not isinstance(self.tokenizer_kwargs, dict):
+            raise ConfigError(f"text tokenizer_kwargs must be an object or null; got {self.tokenizer_kwargs!r}")
         _divides(self.width, self.heads, "text width", "text heads")
         _real(self, "mlp_ratio", "norm_eps")
         _hidden(self.width, self.mlp_ratio, "text")
@@ -194,6 +236,13 @@ class ModelConfig:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ConfigError(f"{path} is not valid JSON: {type(e).__name__}: {e}") from None
         return cls.from_dict(d)
+
+
+def check_timm_model_name(name) -> None:
+    """``ConfigError`` unless ``name`` matches one of ``SUPPORTED_TIMM_MODELS`` (checked without importing timm)."""
+    if not isinstance(name, str) or not any(fnmatch(name, p) for p in SUPPORTED_TIMM_MODELS):
+        raise ConfigError(f"the timm image tower {name!r} is not supported by maskclip; supported timm models: "
+                          f"{list(SUPPORTED_TIMM_MODELS)} (SigLIP / SigLIP2 ViTs, EVA02-CLIP)")
 
 
 def _build(cls, d, where, **extra):

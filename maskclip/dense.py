@@ -2,7 +2,10 @@
 
 Every method runs the image tower unchanged up to its last block, then replaces only the
 last block (ResCLIP also keeps the attention maps of some earlier blocks), and finally applies
-``ln_post`` and the projection to every patch token (the class token is dropped).
+``ln_post`` and the projection to every patch token (the class token is dropped). timm towers
+(SigLIP, EVA02: ``maskclip.timm_vision``) run the same code on views of their blocks (q/k norms,
+rotary embedding, layer scale included), with their prefix tokens dropped and their own head per
+patch (SigLIP's attention pool in its per-patch form).
 
 - ``vanilla``: the last block as is (the same per-token computation as the pooled path).
 - ``zhou`` (Zhou, Loy and Dai, "Extract Free Dense Labels from CLIP", ECCV 2022, which calls it
@@ -73,18 +76,19 @@ def resolve_method(method) -> str:
     return name
 
 
-def neighbourhood_bias(grid: Tuple[int, int], std: float, dtype: torch.dtype, device) -> torch.Tensor:
-    """NACLIP's attention bias for a ``(gh, gw)`` patch grid: ``[1 + N, 1 + N]``, N = gh * gw.
+def neighbourhood_bias(grid: Tuple[int, int], std: float, dtype: torch.dtype, device, prefix: int = 1) -> torch.Tensor:
+    """NACLIP's attention bias for a ``(gh, gw)`` patch grid: ``[P + N, P + N]``, N = gh * gw.
 
     Entry ``(i, j)`` for patches ``i``, ``j`` (row-major) is ``exp(-|p_i - p_j|^2 / (2 std^2))``, the
-    grid positions' squared distance in patches; the class token's row and column are zero.
+    grid positions' squared distance in patches; the rows and columns of the ``prefix`` tokens
+    (P: the class token; none for SigLIP, reg tokens too for some timm towers) are zero.
     """
     gh, gw = grid
     rows, cols = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
     rows, cols = rows.flatten(), cols.flatten()
     dist2 = (rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2
-    bias = torch.zeros(gh * gw + 1, gh * gw + 1, dtype=dtype, device=device)
-    bias[1:, 1:] = torch.exp(-dist2.to(dtype) / (2 * std ** 2))
+    bias = torch.zeros(gh * gw + prefix, gh * gw + prefix, dtype=dtype, device=device)
+    bias[prefix:, prefix:] = torch.exp(-dist2.to(dtype) / (2 * std ** 2))
     return bias
 
 
@@ -106,9 +110,9 @@ def rcs_layers(depth: int) -> range:
 
 def rcs_tokens(visual: VisionTower, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int], torch.Tensor]:
     """The tower up to its last block for ResCLIP: ``[B, 3, H, W]`` -> the last block's input tokens
-    ``[B, 1 + N, width]``, the grid, and the mean attention of ``rcs_layers`` ``[B, heads, 1 + N, 1 + N]``."""
-    blocks = visual.transformer.resblocks
+    ``[B, P + N, width]``, the grid, and the mean attention of ``rcs_layers`` ``[B, heads, P + N, P + N]``."""
     tokens, grid = visual.embed(x)
+    blocks = visual.dense_blocks(grid)
     layers, total = rcs_layers(len(blocks)), 0
     for i, block in enumerate(blocks[:-1]):
         if i not in layers:
@@ -127,11 +131,12 @@ def rcs_blend(a: torch.Tensor, rcs: torch.Tensor) -> torch.Tensor:
     return RESCLIP_TAU * ((1 - RESCLIP_LAMBDA) * a + RESCLIP_LAMBDA * rcs)
 
 
-def rcs_last_block(block: Block, x: torch.Tensor, grid: Tuple[int, int], rcs: torch.Tensor) -> torch.Tensor:
-    """The last block under ResCLIP's RCS: ``rcs_tokens``' tokens ``[B, 1 + N, width]``, grid and mean
-    attention -> ``[B, 1 + N, width]`` (NACLIP's attention blended with ``rcs``; no residual, no MLP)."""
+def rcs_last_block(block: Block, x: torch.Tensor, grid: Tuple[int, int], rcs: torch.Tensor,
+                   prefix: int = 1) -> torch.Tensor:
+    """The last block under ResCLIP's RCS: ``rcs_tokens``' tokens ``[B, P + N, width]`` (``prefix`` = P),
+    grid and mean attention -> ``[B, P + N, width]`` (NACLIP's attention blended with ``rcs``; no residual, no MLP)."""
     _, k, v = block.attn.qkv(block.ln_1(x))
-    a = attention_map(k, k, neighbourhood_bias(grid, NACLIP_STD, k.dtype, k.device))
+    a = attention_map(k, k, neighbourhood_bias(grid, NACLIP_STD, k.dtype, k.device, prefix))
     return block.attn.merge_heads(rcs_blend(a, rcs) @ v)
 
 
@@ -147,29 +152,30 @@ def proxy_attention(feats: torch.Tensor, beta: float = PROXYCLIP_BETA, gamma: fl
     return torch.softmax(sim.masked_fill(sim < 0, float("-inf")), dim=-1)[:, None]
 
 
-def _proxyclip(block: Block, x: torch.Tensor, grid: Tuple[int, int], feats: torch.Tensor) -> torch.Tensor:
-    """The last block under ProxyCLIP: tokens ``[B, 1 + N, width]`` on ``grid`` and proxy tokens
-    ``[B, C, h, w]`` -> patch tokens ``[B, h * w, width]`` on the proxy's grid."""
+def _proxyclip(block: Block, x: torch.Tensor, grid: Tuple[int, int], feats: torch.Tensor,
+               prefix: int = 1) -> torch.Tensor:
+    """The last block under ProxyCLIP: tokens ``[B, P + N, width]`` on ``grid`` (``prefix`` = P) and proxy
+    tokens ``[B, C, h, w]`` -> patch tokens ``[B, h * w, width]`` on the proxy's grid."""
     attn = block.attn
     _, _, v = attn.qkv(block.ln_1(x))
     B, H, _, d = v.shape
     h, w = feats.shape[-2:]
-    v = v[:, :, 1:].transpose(-1, -2).reshape(B * H, d, *grid)
+    v = v[:, :, prefix:].transpose(-1, -2).reshape(B * H, d, *grid)
     v = F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False)
     v = v.reshape(B, H, d, h * w).transpose(-1, -2)
     return attn.merge_heads(proxy_attention(feats).to(v.dtype) @ v)
 
 
-def last_block(block: Block, x: torch.Tensor, method: str, grid: Tuple[int, int]) -> torch.Tensor:
+def last_block(block: Block, x: torch.Tensor, method: str, grid: Tuple[int, int], prefix: int = 1) -> torch.Tensor:
     """The last block under ``method``, a name in ``METHODS`` but ``resclip`` (which needs the
-    earlier blocks' attention) and ``proxyclip`` (which needs the proxy): ``[B, 1 + N, width]`` on a
-    ``grid`` of patches -> ``[B, 1 + N, width]``."""
+    earlier blocks' attention) and ``proxyclip`` (which needs the proxy): ``[B, P + N, width]`` on a
+    ``grid`` of patches after ``prefix`` = P tokens -> ``[B, P + N, width]``."""
     if method == "vanilla":
         return block(x)
     attn = block.attn
     q, k, v = attn.qkv(block.ln_1(x))
     if method == "naclip":
-        bias = neighbourhood_bias(grid, NACLIP_STD, k.dtype, k.device)
+        bias = neighbourhood_bias(grid, NACLIP_STD, k.dtype, k.device, prefix)
         return attn.merge_heads(F.scaled_dot_product_attention(k, k, v, attn_mask=bias))
     if method == "zhou":
         x = x + attn.merge_heads(v)
@@ -189,17 +195,21 @@ def dense_features(visual: VisionTower, x: torch.Tensor, method: str = "vanilla"
     ``method`` must be a name in ``METHODS`` (``resolve_method`` turns user input into one):
     inputs are checked by the public ``DualEncoder.dense_features``, not again here.
     ``proxyclip`` needs ``proxy`` and returns features on the proxy's grid ``[B, E, h, w]``.
+    ``visual``: a ``VisionTower`` or a ``maskclip.timm_vision.TimmVisionTower`` (same interface).
     """
-    blocks = visual.transformer.resblocks
+    prefix, depth = visual.num_prefix_tokens, visual.cfg.layers
     if method == "resclip":
         tokens, (gh, gw), rcs = rcs_tokens(visual, x)
-        tokens = rcs_last_block(blocks[-1], tokens, (gh, gw), rcs)[:, 1:]
+        last = visual.dense_blocks((gh, gw))[-1]
+        tokens = rcs_last_block(last, tokens, (gh, gw), rcs, prefix)[:, prefix:]
     elif method == "proxyclip":
-        tokens, grid = visual.forward_tokens(x, stop=len(blocks) - 1)
+        tokens, grid = visual.forward_tokens(x, stop=depth - 1)
         proxy_feats = proxy(x)
-        tokens, (gh, gw) = _proxyclip(blocks[-1], tokens, grid, proxy_feats), proxy_feats.shape[-2:]
+        last = visual.dense_blocks(grid)[-1]
+        tokens, (gh, gw) = _proxyclip(last, tokens, grid, proxy_feats, prefix), proxy_feats.shape[-2:]
     else:
-        tokens, (gh, gw) = visual.forward_tokens(x, stop=len(blocks) - 1)
-        tokens = last_block(blocks[-1], tokens, method, (gh, gw))[:, 1:]
+        tokens, (gh, gw) = visual.forward_tokens(x, stop=depth - 1)
+        last = visual.dense_blocks((gh, gw))[-1]
+        tokens = last_block(last, tokens, method, (gh, gw), prefix)[:, prefix:]
     feats = visual.project_patches(tokens)  # [B, N, E]
     return feats.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)

@@ -1,18 +1,20 @@
 """Model names, the registry, Hub downloads, and ``load``: one place that turns a name into a model.
 
-``load`` accepts a registry name (``maskclip.available_models()``), a local checkpoint folder
-or weights file, or ``hf-hub:org/repo[@revision]``. Hub files go through
+``load`` accepts a registry name (``maskclip.available_models()``), an open_clip name
+(``"ViT-B-16-SigLIP2/webli"``, ``maskclip.open_clip_names()``), a local checkpoint folder or weights
+file, or ``hf-hub:org/repo[@revision]``. Hub files go through
 ``huggingface_hub.hf_hub_download`` (its cache, resumable downloads, ``HF_HUB_OFFLINE``).
 """
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import resources as package_files
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -20,7 +22,9 @@ from . import resources, serialization
 from .build import build_model
 from .config import ModelConfig
 from .errors import InputTypeError, ModelNotFoundError, WeightsError, WeightsUnavailableError
+from .convert.open_clip_timm import family_preprocess
 from .model import DualEncoder
+from .open_clip_models import open_clip_entry, open_clip_names
 
 HUB_PREFIX = "hf-hub:"
 
@@ -160,30 +164,80 @@ def parse_hub_name(name: str) -> Tuple[str, Optional[str]]:
 
 # --- load ----------------------------------------------------------------------------------
 
+# What resolution returns: native config, state dict, and the folder (local, or a Hub repo fetched on demand)
+# that holds a non-CLIP tokenizer's files, if any.
+Resolved = Tuple[ModelConfig, Dict[str, torch.Tensor], Optional[Callable[[], Path]]]
+
+
 def resolve(name: Union[str, os.PathLike], revision: Optional[str] = None, cache_dir=None,
             allow_pickle: bool = False) -> Tuple[ModelConfig, Dict[str, torch.Tensor]]:
     """A name, path or Hub repo -> native config and state dict (nothing built yet)."""
+    return _resolve(name, revision, cache_dir, allow_pickle)[:2]
+
+
+def _local(folder: Path) -> Callable[[], Path]:
+    return lambda: folder
+
+
+def _hub_tokenizer_folder(repo: str, revision: Optional[str], cache_dir, folder: Path) -> Callable[[], Path]:
+    """A callable that fetches the tokenizer files of a Hub repo into its snapshot ``folder`` and returns it."""
+    def fetch() -> Path:
+        for filename in serialization.TOKENIZER_FILES:
+            hub_file(repo, filename, revision, cache_dir)
+        return folder
+    return fetch
+
+
+def _resolve(name, revision, cache_dir, allow_pickle) -> Resolved:
     if isinstance(name, os.PathLike) or (isinstance(name, str) and os.path.exists(name)):
         path = Path(name)
         if not path.exists():
             raise ModelNotFoundError(f"{path} does not exist")
-        read = serialization.read_folder if path.is_dir() else serialization.read_file
-        return read(path, allow_pickle)
+        if path.is_dir():
+            return (*serialization.read_folder(path, allow_pickle), _local(path))
+        return (*serialization.read_file(path, allow_pickle), None)
     if not isinstance(name, str):
         raise InputTypeError(f"model name must be a string or a path; got {type(name).__name__}")
     if name.startswith(HUB_PREFIX):
         repo, rev = parse_hub_name(name)
-        return serialization.read_folder(_hub_folder(repo, revision or rev, cache_dir), allow_pickle)
+        folder = _hub_folder(repo, revision or rev, cache_dir)
+        return (*serialization.read_folder(folder, allow_pickle), _hub_tokenizer_folder(repo, revision or rev,
+                                                                                         cache_dir, folder))
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        raise ModelNotFoundError(f"{name!r} is neither a registered name nor an existing path; "
+        entry = open_clip_entry(name)
+        if entry is not None:
+            return _resolve_open_clip(entry, revision, cache_dir)
+        raise ModelNotFoundError(f"{name!r} is neither a registered name, an open_clip name maskclip builds "
+                                 f"({', '.join(open_clip_names())}) nor an existing path; "
                                  f"for a Hub repo write 'hf-hub:{name}'")
     if "/" in name or os.sep in name or name.endswith((".safetensors",) + serialization.PICKLE_SUFFIXES):
         raise ModelNotFoundError(f"path {name!r} does not exist")
     return _resolve_registered(name, revision, cache_dir)
 
 
-def _resolve_registered(name: str, revision: Optional[str], cache_dir):
+def _resolve_open_clip(entry: dict, revision: Optional[str], cache_dir) -> Resolved:
+    """An ``open_clip_names`` entry -> its open_clip Hub repo, with the entry's activation and preprocessing.
+
+    The preprocessing family applies when the repo's ``open_clip_config.json`` has no ``preprocess_cfg``.
+    """
+    files = (serialization.OPEN_CLIP_CONFIG, serialization.OPEN_CLIP_WEIGHTS)
+    folder = _hub_folder(entry["repo"], revision, cache_dir, files, None, entry["name"])
+    config, sd = serialization.read_folder(folder)
+    if entry.get("act"):
+        config.vision.act = config.text.act = entry["act"]
+    if not serialization.read_json(folder / serialization.OPEN_CLIP_CONFIG).get("preprocess_cfg"):
+        config.preprocess = family_preprocess(entry["preprocess"], config.vision.image_size)
+    config.name = entry["name"]
+    return config, sd, _hub_tokenizer_folder(entry["repo"], revision, cache_dir, folder)
+
+
+def _resolve_registered(name: str, revision: Optional[str], cache_dir) -> Resolved:
     entry = _entry(name)
+    if entry.get("open_clip"):  # a short name for an open_clip name
+        config, sd, tokenizer = _resolve_open_clip(open_clip_entry(entry["open_clip"]), revision, cache_dir)
+        config.name = name
+        return config, sd, tokenizer
+
     if not entry.get("weights_available", True):
         raise WeightsUnavailableError(f"no public weights exist for {name!r}. {entry.get('unavailable_reason', '')} "
                                       f"Instead: {entry.get('instead', '')}".strip())
@@ -195,14 +249,25 @@ def _resolve_registered(name: str, revision: Optional[str], cache_dir):
         _verify_sha256(folder / serialization.NATIVE_WEIGHTS, entry.get("sha256"), name)
         config, sd = serialization.read_folder(folder)
         config.name = name
-        return config, {k: v.float() for k, v in sd.items()}  # stored in fp16 to keep the wheel small
+        return config, {k: v.float() for k, v in sd.items()}, _local(folder)  # fp16 in the wheel, to keep it small
     files = (entry["config_file"], entry["weights_file"]) if entry.get("config_file") else None
     folder = _hub_folder(entry["repo"], revision, cache_dir, files, entry.get("sha256") if files else None, name)
     config, sd = serialization.read_folder(folder)
     if entry.get("act"):
         config.vision.act = config.text.act = entry["act"]
     config.name = name
-    return config, sd
+    return config, sd, _hub_tokenizer_folder(entry["repo"], revision, cache_dir, folder)
+
+
+def folder_tokenizer(folder: Callable[[], Path], context_length: int):
+    """The non-CLIP tokenizer (``maskclip.spm_tokenizer``) whose files ``folder()`` holds."""
+    try:  # by name: the module needs the optional 'tokenizers' package
+        SentencePieceTokenizer = importlib.import_module("maskclip.spm_tokenizer").SentencePieceTokenizer
+    except ImportError as e:
+        raise ModelNotFoundError(
+            "this model's tokenizer is SentencePiece (SigLIP's), which needs maskclip.spm_tokenizer and the "
+            f"'tokenizers' package; it could not be imported ({e}). Install 'tokenizers', or pass token ids") from None
+    return SentencePieceTokenizer.from_folder(folder(), context_length=context_length)
 
 
 def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] = None,
@@ -211,7 +276,8 @@ def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] =
     """Load a pretrained model, in eval mode.
 
     Args:
-        name: a registered name (``available_models()``), a checkpoint folder (maskclip,
+        name: a registered name (``available_models()``), an open_clip name
+            (``"<architecture>/<tag>"``, ``maskclip.open_clip_names()``), a checkpoint folder (maskclip,
             open_clip or transformers layout), a weights file, or ``"hf-hub:org/repo[@revision]"``.
         device, dtype: where and in which floating dtype to put the weights (default CPU, fp32).
         revision: Hub branch, tag or commit.
@@ -222,8 +288,11 @@ def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] =
     """
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise InputTypeError(f"dtype must be a floating torch.dtype such as torch.float16; got {dtype!r}")
-    config, sd = resolve(name, revision, cache_dir, allow_pickle)
+    config, sd, tokenizer_folder = _resolve(name, revision, cache_dir, allow_pickle)
     model = build_model(config, sd, source=str(name))
+    if config.text.hf_tokenizer_name and tokenizer_folder is not None:
+        model.tokenizer_loader = partial(folder_tokenizer, tokenizer_folder, config.text.context_length)
+        model.tokenizer_files = tokenizer_folder
     model.to(device=device or "cpu", dtype=dtype)
     model.autocast = autocast
     model.eval()

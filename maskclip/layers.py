@@ -148,7 +148,17 @@ class GELU(nn.GELU):
         return self(fc(x))
 
 
-ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": GELU}
+class GELUTanh(nn.GELU):
+    """GELU's tanh approximation (SigLIP2's text tower, open_clip ``act_kwargs: {approximate: tanh}``)."""
+
+    def __init__(self):
+        super().__init__(approximate="tanh")
+
+    def after_linear(self, fc: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self(fc(x))
+
+
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": GELU, "gelu_tanh": GELUTanh}
 
 
 def make_activation(name: str) -> nn.Module:

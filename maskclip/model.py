@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from functools import partial
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,12 @@ class DualEncoder(nn.Module):
         if not isinstance(config, ModelConfig):
             raise InputTypeError(f"config must be a maskclip.ModelConfig; got {type(config).__name__}")
         self.config = config.validate()
-        self.visual = VisionTower(config.vision, config.embed_dim)
+        if config.vision.timm_model_name is None:
+            self.visual = VisionTower(config.vision, config.embed_dim)
+        else:
+            from .timm_vision import TimmVisionTower  # imports timm (and torchvision) only for these towers
+
+            self.visual = TimmVisionTower(config.vision, config.embed_dim)
         self.text = TextTower(config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
         if config.logit_bias_init is not None:  # sigmoid-trained (SigLIP); softmax models have no such key
@@ -53,6 +58,11 @@ class DualEncoder(nn.Module):
         self.preprocess = transforms.Preprocess(config.preprocess)
         self._autocast: Optional[torch.dtype] = None
         self._proxies = {}  # ProxyCLIP proxies built by name; a plain dict, so not in the state dict
+        self._tokenizer = None  # built on first use (``tokenizer``)
+        # Set by maskclip.load for non-CLIP tokenizers: builds the tokenizer, and gives the folder holding its
+        # files (save_pretrained copies them).
+        self.tokenizer_loader: Optional[Callable[[], object]] = None
+        self.tokenizer_files: Optional[Callable[[], object]] = None
 
     # --- properties --------------------------------------------------------------------------
 
@@ -98,19 +108,46 @@ class DualEncoder(nn.Module):
         input shape compiles (tens of seconds on CPU); text lengths vary, so the text side compiles
         with dynamic shapes. Returns the model.
         """
-        self.visual.transformer.compile(**kwargs)
+        (self.visual.transformer if isinstance(self.visual, VisionTower) else self.visual.trunk).compile(**kwargs)
         self.text.transformer.compile(**{"dynamic": True, **kwargs})
         return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.visual.transformer.grad_checkpointing = enable
+        if isinstance(self.visual, VisionTower):
+            self.visual.transformer.grad_checkpointing = enable
+        else:
+            self.visual.set_grad_checkpointing(enable)
         self.text.transformer.grad_checkpointing = enable
 
     # --- inputs ------------------------------------------------------------------------------
 
+    @property
+    def tokenizer(self):
+        """This model's tokenizer: texts -> ``LongTensor[B, L]`` (``maskclip.tokenizer.Tokenizer``'s call).
+
+        OpenAI CLIP's BPE unless the config names another (``text.hf_tokenizer_name``, SigLIP's
+        SentencePiece): that one is read from the checkpoint folder on first use, or set here.
+        """
+        if self._tokenizer is None:
+            if not self.config.text.hf_tokenizer_name:
+                return get_tokenizer()
+            if self.tokenizer_loader is None:
+                raise InputError(
+                    f"this model's tokenizer ({self.config.text.hf_tokenizer_name!r}) is not CLIP's and was not "
+                    "loaded: load the model with maskclip.load from its folder or Hub repo (which holds the "
+                    "tokenizer files), set model.tokenizer, or pass token ids")
+            self._tokenizer = self.tokenizer_loader()
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer) -> None:
+        if not callable(tokenizer):
+            raise InputTypeError(f"tokenizer must be callable (texts -> LongTensor[B, L]); got {type(tokenizer).__name__}")
+        self._tokenizer = tokenizer
+
     def tokenize(self, texts, truncate: bool = True) -> torch.Tensor:
-        """str | list[str] -> ``LongTensor[B, context_length]``, ids identical to OpenAI CLIP."""
-        return get_tokenizer()(texts, context_length=self.config.text.context_length, truncate=truncate)
+        """str | list[str] -> ``LongTensor[B, context_length]`` (ids identical to OpenAI CLIP for CLIP's tokenizer)."""
+        return self.tokenizer(texts, context_length=self.config.text.context_length, truncate=truncate)
 
     def image_batch(self, images, size: Optional[int] = None) -> torch.Tensor:
         """Any accepted image input -> model input ``[B, 3, H, W]`` on the model's device and dtype."""
@@ -260,15 +297,26 @@ class DualEncoder(nn.Module):
         classnames = zero_shot.check_labels(classnames, allow_duplicates=True)
         return zero_shot.build_classifier(self._prompt_embeddings, classnames, zero_shot.resolve_templates(templates))
 
+    @property
+    def sigmoid_probabilities(self) -> bool:
+        """True for sigmoid-trained models (a ``logit_bias``, SigLIP): ``classify`` gives per-label probabilities."""
+        return self.logit_bias is not None
+
     @torch.no_grad()
     def classify(self, images, labels: Sequence[str], templates=None) -> torch.Tensor:
-        """Images and candidate labels (unique) -> probabilities ``[B, C]``, rows summing to 1."""
+        """Images and candidate labels (unique) -> probabilities ``[B, C]``.
+
+        Softmax-trained models (CLIP): a softmax over the labels, rows summing to 1. Sigmoid-trained
+        models (``logit_bias`` present, SigLIP): each label's own probability
+        ``sigmoid(exp(logit_scale) * cos + logit_bias)``, as they were trained to be read; rows need
+        not sum to 1 (``sigmoid_probabilities`` says which).
+        """
         labels = zero_shot.check_labels(labels)
         templates = zero_shot.resolve_templates(templates)
         x = self.image_batch(images)
         classifier = zero_shot.build_classifier(self._prompt_embeddings, labels, templates)
         feats = F.normalize(self._image_features(x), dim=-1)
-        return zero_shot.probabilities(feats, classifier, self.logit_scale)
+        return zero_shot.probabilities(feats, classifier, self.logit_scale, self.logit_bias)
 
     @torch.no_grad()
     def segment(self, image, labels: Sequence[str], templates=None, method: str = "clearclip",

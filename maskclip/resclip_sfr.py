@@ -99,8 +99,9 @@ def _smooth_rows(x: torch.Tensor, std: float) -> torch.Tensor:
     return F.conv1d(x.reshape(B * n, 1, n), kernel, padding=size // 2).reshape(B, n, n)
 
 
-def feedback_attention(labels: torch.Tensor, std: float = dense.NACLIP_STD) -> torch.Tensor:
-    """Patch labels ``[B, gh, gw]`` -> SFR's attention term ``[B, 1 + N, 1 + N]``, each image's maximum 1."""
+def feedback_attention(labels: torch.Tensor, std: float = dense.NACLIP_STD, prefix: int = 1) -> torch.Tensor:
+    """Patch labels ``[B, gh, gw]`` -> SFR's attention term ``[B, P + N, P + N]`` (zero for the ``prefix`` = P
+    tokens), each image's maximum 1."""
     B, gh, gw = labels.shape
     n = gh * gw
     flat = labels.reshape(B, n)
@@ -111,19 +112,19 @@ def feedback_attention(labels: torch.Tensor, std: float = dense.NACLIP_STD) -> t
     decay = torch.exp(-steps.float() / max(int(steps.max()), 1))
     same = torch.where(_on_straight_paths(flat, gw, rows, cols, steps), same, same * decay)
     smoothed = _smooth_rows(same, std)  # non-negative: the reference's ReLU changes nothing
-    out = torch.zeros(B, n + 1, n + 1, device=labels.device)
-    out[:, 1:, 1:] = smoothed / (smoothed.sum(dim=2, keepdim=True) + 1e-8)
+    out = torch.zeros(B, prefix + n, prefix + n, device=labels.device)
+    out[:, prefix:, prefix:] = smoothed / (smoothed.sum(dim=2, keepdim=True) + 1e-8)
     return out / out.amax(dim=(1, 2), keepdim=True)
 
 
 def _sfr_last_block(block, x: torch.Tensor, grid: Tuple[int, int], rcs: torch.Tensor,
-                    feedback: torch.Tensor) -> torch.Tensor:
+                    feedback: torch.Tensor, prefix: int) -> torch.Tensor:
     """The last block's second pass: tokens ``[B, 1 + N, width]``, RCS's mean attention and
     ``feedback_attention`` ``[B, 1 + N, 1 + N]`` -> ``[B, 1 + N, width]``."""
     _, k, v = block.attn.qkv(block.ln_1(x))
     logits = k @ k.transpose(-1, -2) * k.shape[-1] ** -0.5
     logits = SFR_TAU * ((1 - SFR_LAMBDA) * logits + SFR_LAMBDA * feedback[:, None].to(logits.dtype))
-    logits = logits + dense.neighbourhood_bias(grid, dense.NACLIP_STD, k.dtype, k.device)
+    logits = logits + dense.neighbourhood_bias(grid, dense.NACLIP_STD, k.dtype, k.device, prefix)
     return block.attn.merge_heads(dense.rcs_blend(torch.softmax(logits, dim=-1), rcs) @ v)
 
 
@@ -134,10 +135,11 @@ def dense_features(visual: VisionTower, x: torch.Tensor, classifier: torch.Tenso
     Costs, on top of ``resclip``: a second pass of the last block and the projection, the first pass's
     ``Q`` score maps and PAMR at the input size, and ``d_max + 1`` ``N x N`` path checks.
     """
-    last = visual.transformer.resblocks[-1]
+    P = visual.num_prefix_tokens
     tokens, (gh, gw), rcs = dense.rcs_tokens(visual, x)
-    first = F.normalize(visual.project_patches(dense.rcs_last_block(last, tokens, (gh, gw), rcs)[:, 1:]), dim=-1)
+    last = visual.dense_blocks((gh, gw))[-1]
+    first = F.normalize(visual.project_patches(dense.rcs_last_block(last, tokens, (gh, gw), rcs, P)[:, P:]), dim=-1)
     scores = (first @ classifier.to(first.dtype)).transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
-    feedback = feedback_attention(patch_labels(scores, x, visual.cfg.patch_size))
-    feats = visual.project_patches(_sfr_last_block(last, tokens, (gh, gw), rcs, feedback)[:, 1:])
+    feedback = feedback_attention(patch_labels(scores, x, visual.cfg.patch_size), prefix=P)
+    feats = visual.project_patches(_sfr_last_block(last, tokens, (gh, gw), rcs, feedback, P)[:, P:])
     return feats.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import struct
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -35,6 +36,8 @@ OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, OPEN_CLIP_PICKLE = (
     "open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HF_CONFIG, HF_WEIGHTS, HF_PICKLE = "config.json", "model.safetensors", "pytorch_model.bin"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Files a non-CLIP (SentencePiece) tokenizer may need, beside the weights; fetched on first use.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
@@ -206,6 +209,7 @@ def save_pretrained(model, path, format: str = "maskclip") -> Path:
         raise FileExistsError(f"{folder} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict()
+    _copy_tokenizer_files(model, folder)
     if format == "maskclip":
         write_safetensors(sd, folder / NATIVE_WEIGHTS)
         model.config.to_json(folder / NATIVE_CONFIG)
@@ -223,6 +227,19 @@ def save_pretrained(model, path, format: str = "maskclip") -> Path:
 
         get_tokenizer().save_transformers_files(folder)
     return folder
+
+
+def _copy_tokenizer_files(model, folder: Path) -> None:
+    """A non-CLIP tokenizer's files (``TOKENIZER_FILES``) from where the model was loaded into ``folder``."""
+    source = getattr(model, "tokenizer_files", None)
+    if source is None:
+        return
+    source = Path(source())
+    if source.resolve() == folder.resolve():
+        return
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            atomic_write(folder / name, lambda tmp, src=source / name: shutil.copyfile(src, tmp))
 
 
 def push_to_hub(model, repo_id: str, private: bool = False, revision: str = None,

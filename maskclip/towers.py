@@ -2,7 +2,9 @@
 
 ``VisionTower``: ViT, ``[B, 3, H, W]`` (already preprocessed) -> ``[B, E]`` or patch tokens.
 ``TextTower``: causal transformer, token ids ``[B, L]`` -> ``[B, E]`` pooled at end-of-text; large
-batches run in buckets of similar length (``length_buckets``).
+batches run in buckets of similar length (``length_buckets``). SigLIP's text tower (full attention,
+last position pooled, projection bias) is the same class with other ``TextConfig`` options.
+Image towers built with timm (SigLIP, EVA02) are in ``maskclip.timm_vision``.
 Both give per-block outputs through ``forward_intermediates`` (timm's and open_clip's name and
 arguments).
 Parameter names are OpenAI CLIP's (under ``visual.`` and ``text.``).
@@ -23,6 +25,8 @@ Indices = Union[None, int, Sequence[int]]
 
 
 class VisionTower(nn.Module):
+    num_prefix_tokens = 1  # the class token, before the patch tokens
+
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
         self.cfg = cfg
@@ -70,6 +74,10 @@ class VisionTower(nn.Module):
         """``[B, 3, H, W]`` -> tokens ``[B, 1 + gh * gw, width]`` (class token first), ``(gh, gw)``."""
         patches, grid = self.patchify(x)
         return self.add_class_and_pos(patches, grid), grid
+
+    def dense_blocks(self, grid: Tuple[int, int]) -> nn.ModuleList:
+        """The blocks ``maskclip.dense`` runs on tokens of any ``grid`` (the same for every grid here)."""
+        return self.transformer.resblocks
 
     def forward_tokens(self, x: torch.Tensor, stop: Optional[int] = None):
         """Tokens after blocks ``[0, stop)``, before ``ln_post``: ``[B, 1 + N, width]``, and the grid."""
@@ -154,18 +162,27 @@ class TextTower(nn.Module):
         self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.norm_eps)
         self.ln_final = nn.LayerNorm(w, eps=cfg.norm_eps)
         self.text_projection = nn.Parameter(torch.empty(w, embed_dim))
+        if cfg.proj_bias:  # SigLIP; OpenAI-style towers have no such key
+            self.text_projection_bias = nn.Parameter(torch.zeros(embed_dim))
+        else:
+            self.text_projection_bias = None
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.text_projection, std=w ** -0.5)
 
+    def _truncates(self) -> bool:
+        """True when positions after the last end-of-text token cannot change the pooled output."""
+        return self.cfg.causal and self.cfg.pool == "argmax"
+
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids ``[B, L]`` -> hidden states ``[B, L', width]`` before ``ln_final``.
 
-        Only the first ``L'`` positions are computed, ``L'`` reaching the last end-of-text
-        token of the batch: with causal attention, later positions cannot change the pooled
-        output, so this is exact and saves most of the work on short prompts.
+        Causal towers pooled at end-of-text compute only the first ``L'`` positions, ``L'``
+        reaching the last end-of-text token of the batch: later positions cannot change the
+        pooled output, so this is exact and saves most of the work on short prompts. Other
+        towers (SigLIP's: full attention, the last position pooled) compute all ``L``.
         """
-        n = causal_len(tokens)
+        n = causal_len(tokens) if self._truncates() else tokens.shape[1]
         return self.forward_embeddings(self.token_embedding(tokens[:, :n]))
 
     def forward_embeddings(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,7 +191,7 @@ class TextTower(nn.Module):
         The entry point for inputs that are not plain ids, such as masked captions whose
         masked positions carry a learned embedding.
         """
-        return self.transformer(self._add_positions(x), causal=True)
+        return self.transformer(self._add_positions(x), causal=self.cfg.causal)
 
     def _add_positions(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.positional_embedding[:x.shape[1]].to(x.dtype)
@@ -187,7 +204,7 @@ class TextTower(nn.Module):
         in input order: the same result as one batch, with less padding computed.
         """
         min_size, max_size = BUCKET_SIZES.get(tokens.device.type, DEFAULT_BUCKET_SIZES)
-        if tokens.shape[0] <= min_size:
+        if tokens.shape[0] <= min_size or not self._truncates():
             return self.forward_batch(tokens)
         buckets = length_buckets(tokens.argmax(dim=-1), min_size, max_size)
         order = torch.cat(buckets)
@@ -199,10 +216,15 @@ class TextTower(nn.Module):
         return self.pool(tokens, self.forward_tokens(tokens))
 
     def pool(self, tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Hidden states ``x: [B, L', width]`` of token ids ``[B, L]`` -> ``[B, E]`` at end-of-text."""
-        eot = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        """Hidden states ``x: [B, L', width]`` of token ids ``[B, L]`` -> ``[B, E]`` at end-of-text
+        (``pool="argmax"``) or at the last position (``pool="last"``)."""
+        if self.cfg.pool == "last":
+            eot = x[:, -1]
+        else:
+            eot = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
         # LayerNorm acts per token, so normalising only the pooled token is exact and cheaper.
-        return self.ln_final(eot) @ self.text_projection
+        out = self.ln_final(eot) @ self.text_projection
+        return out if self.text_projection_bias is None else out + self.text_projection_bias
 
     def forward_intermediates(self, tokens: torch.Tensor, indices: Indices = None, norm: bool = False,
                               intermediates_only: bool = False):
@@ -214,8 +236,9 @@ class TextTower(nn.Module):
         buckets), or just the list.
         """
         take = take_indices(len(self.transformer.resblocks), indices)
-        x = self._add_positions(self.token_embedding(tokens[:, :causal_len(tokens)]))
+        n = causal_len(tokens) if self._truncates() else tokens.shape[1]
+        x = self._add_positions(self.token_embedding(tokens[:, :n]))
         x, outs = self.transformer.forward_intermediates(
-            x, take, causal=True, stop=take[-1] + 1 if intermediates_only else None)
+            x, take, causal=self.cfg.causal, stop=take[-1] + 1 if intermediates_only else None)
         outs = [self.ln_final(y) for y in outs] if norm else outs
         return outs if intermediates_only else (self.pool(tokens, x), outs)

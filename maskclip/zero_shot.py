@@ -11,7 +11,7 @@ checked lists and tensors.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Callable, List, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -103,10 +103,16 @@ def build_classifier(encode: Callable[[List[str]], torch.Tensor], classnames: Se
     return F.normalize(torch.cat(chunks), dim=-1).T.contiguous()
 
 
-def probabilities(image_features: torch.Tensor, classifier: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Unit-norm image features ``[B, E]``, classifier ``[E, C]`` -> softmax over labels ``[B, C]`` (float32).
+def probabilities(image_features: torch.Tensor, classifier: torch.Tensor, logit_scale: torch.Tensor,
+                  logit_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Unit-norm image features ``[B, E]``, classifier ``[E, C]`` -> probabilities ``[B, C]`` (float32).
 
-    The logit scale is capped at 100 as CLIP caps it in training.
+    Without ``logit_bias`` (softmax-trained models): a softmax over labels, the logit scale capped
+    at 100 as CLIP caps it in training. With it (sigmoid-trained, SigLIP): per label
+    ``sigmoid(exp(logit_scale) * cos + logit_bias)``, uncapped as SigLIP trains it.
     """
+    if logit_bias is not None:
+        logits = logit_scale.exp() * image_features @ classifier.to(image_features.dtype) + logit_bias
+        return logits.float().sigmoid()
     logits = logit_scale.exp().clamp(max=100) * image_features @ classifier.to(image_features.dtype)
     return logits.float().softmax(dim=-1)

@@ -371,17 +371,13 @@ REFUSED = [
     ("vision_cfg", "image_size", [224, 192]),
     ("vision_cfg", "some_new_field", 1),
     ("text_cfg", "hf_model_name", "xlm-roberta-base"),
-    ("text_cfg", "hf_tokenizer_name", "bert-base-uncased"),
-    ("text_cfg", "tokenizer_kwargs", {"clean": "canonicalize"}),
-    ("text_cfg", "pool_type", "last"),
     ("text_cfg", "final_ln_after_pool", True),
-    ("text_cfg", "proj_bias", True),
     ("text_cfg", "proj_type", "none"),
     ("text_cfg", "ls_init_value", 1e-4),
     ("text_cfg", "embed_cls", True),
-    ("text_cfg", "no_causal_mask", True),
     ("text_cfg", "scaled_cosine_attn", True),
-    (None, "init_logit_bias", -10.0),
+    ("text_cfg", "pool_type", "first"),
+    ("text_cfg", "act_kwargs", {"approximate": "none", "inplace": True}),
     (None, "multimodal_cfg", {"width": 512}),
     (None, "some_new_field", True),
 ]
@@ -412,6 +408,19 @@ def test_from_open_clip_accepts_training_only_and_default_valued_fields():
     cfg["preprocess_cfg"].update(size=224, mode="RGB", fill_color=0)
     config, _ = convert.from_open_clip(cfg, oc_weights())
     assert config.vision.heads == 2 and config.preprocess.image_size == UNIT.image_size
+
+
+def test_from_open_clip_reads_siglip_text_options_and_the_logit_bias():
+    """Issue 12: these were refused; SigLIP's text tower and sigmoid bias are now built (tests/test_families.py)."""
+    cfg = oc_config(UNIT.with_(quick_gelu=False))
+    cfg["model_cfg"]["text_cfg"].update(no_causal_mask=True, pool_type="last", proj_bias=True,
+                                        hf_tokenizer_name="timm/ViT-B-16-SigLIP", tokenizer_kwargs={"clean": "canonicalize"},
+                                        act_kwargs={"approximate": "tanh"})
+    cfg["model_cfg"]["init_logit_bias"] = -10.0
+    config, _ = convert.from_open_clip(cfg, {"text.token_embedding.weight": torch.zeros(1)})
+    t = config.text
+    assert (t.causal, t.pool, t.proj_bias, t.act, config.logit_bias_init) == (False, "last", True, "gelu_tanh", -10.0)
+    assert (t.hf_tokenizer_name, t.tokenizer_kwargs) == ("timm/ViT-B-16-SigLIP", {"clean": "canonicalize"})
 
 
 def test_from_open_clip_honours_activation_heads_eps_structure_and_preprocessing():
