@@ -214,3 +214,19 @@ def test_an_activation_override_on_an_eva_tower_is_refused():
     with pytest.raises(ConfigError, match="eva02_base_patch16_clip_224.*'gelu'"):
         VisionConfig(image_size=224, act="gelu_tanh", timm_model_name="eva02_base_patch16_clip_224",
                      timm_pool="token", timm_proj=None).validate()
+
+
+def test_vit_b_google_shaped_siglip_loads_with_tanh_gelu_and_matches_transformers(tmp_path):
+    """Google's SigLIP B/16 config (transformers' defaults: tanh GELU in both towers), random weights."""
+    torch.manual_seed(0)
+    reference = transformers.SiglipModel(transformers.SiglipConfig(text_config={}, vision_config={}))
+    reference = F._perturb(reference, 0).eval()
+    reference.save_pretrained(tmp_path / "google")
+    del reference.text_model  # the image tower is the part whose activation is at stake; keep memory low
+    model = maskclip.load(tmp_path / "google")
+    assert (model.config.vision.timm_model_name, model.config.vision.act) == ("vit_base_patch16_siglip_224", "gelu_tanh")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        d = rel(model.encode_image(x), pooled(reference.get_image_features(pixel_values=x)))
+    DIFFS["ViT-B/16 Google config"] = (d, float("nan"))
+    assert d <= TOL, d
