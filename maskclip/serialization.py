@@ -157,42 +157,45 @@ def write_safetensors(tensors: StateDict, path: Path, metadata: Dict[str, str] =
 
 
 def save_pretrained(model, path, format: str = "maskclip") -> Path:
-    """Write ``model`` as a folder in ``format`` (weights first, then config, each atomically)."""
+    """Write ``model`` as a folder in ``format`` (weights first, then config, each atomically).
+
+    The conversion runs first, so a model the layout cannot express is refused before anything is written.
+    """
     if format not in FORMATS:
         raise InputError(f"format must be one of {list(FORMATS)}; got {format!r}")
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict()
-    _copy_tokenizer_files(model, folder)
     if format == "maskclip":
-        write_safetensors(sd, folder / NATIVE_WEIGHTS)
-        model.config.to_json(folder / NATIVE_CONFIG)
+        weights_name, weights, configs = NATIVE_WEIGHTS, sd, {}
     elif format == "open_clip":
-        oc_config, oc_sd = convert.to_open_clip(model.config, sd)
-        write_safetensors(oc_sd, folder / OPEN_CLIP_WEIGHTS)
-        atomic_write_text(folder / OPEN_CLIP_CONFIG, json.dumps(oc_config, indent=2) + "\n")
+        oc_config, weights = convert.to_open_clip(model.config, sd)
+        weights_name, configs = OPEN_CLIP_WEIGHTS, {OPEN_CLIP_CONFIG: oc_config}
     else:
-        _write_transformers(model, sd, folder)
+        weights_name, (weights, configs) = HF_WEIGHTS, _transformers_files(model.config, sd)
+    folder.mkdir(parents=True, exist_ok=True)
+    _copy_tokenizer_files(model, folder)
+    write_safetensors(weights, folder / weights_name)
+    if format == "maskclip":
+        model.config.to_json(folder / NATIVE_CONFIG)
+    for name, data in configs.items():
+        atomic_write_text(folder / name, json.dumps(data, indent=2) + "\n")
+    if format == "transformers" and model.config.vision.timm_model_name is None:
+        from .tokenizer import get_tokenizer
+
+        get_tokenizer().save_transformers_files(folder)  # CLIP's; a SigLIP model's own files were copied
     return folder
 
 
-def _write_transformers(model, sd: StateDict, folder: Path) -> None:
-    """A timm (SigLIP) tower as ``SiglipModel`` with its own tokenizer files; else ``CLIPModel`` with CLIP's."""
-    siglip = model.config.vision.timm_model_name is not None
-    if siglip:
-        hf_config, hf_sd, preprocessor = convert.to_siglip_transformers(model.config, sd)
+def _transformers_files(config: ModelConfig, sd: StateDict) -> Tuple[StateDict, Dict[str, dict]]:
+    """A timm (SigLIP) tower as ``SiglipModel``, else ``CLIPModel``: (state dict, {file name: JSON})."""
+    if config.vision.timm_model_name is not None:
+        hf_config, hf_sd, preprocessor = convert.to_siglip_transformers(config, sd)
     else:
-        hf_config, hf_sd = convert.to_transformers(model.config, sd)
-        preprocessor = convert.transformers_preprocessor_config(model.config)
-    write_safetensors(hf_sd, folder / HF_WEIGHTS)
-    atomic_write_text(folder / HF_CONFIG, json.dumps(hf_config, indent=2) + "\n")
-    atomic_write_text(folder / HF_PREPROCESSOR, json.dumps(preprocessor, indent=2) + "\n")
-    if not siglip:
-        from .tokenizer import get_tokenizer
-
-        get_tokenizer().save_transformers_files(folder)
+        hf_config, hf_sd = convert.to_transformers(config, sd)
+        preprocessor = convert.transformers_preprocessor_config(config)
+    return hf_sd, {HF_CONFIG: hf_config, HF_PREPROCESSOR: preprocessor}
 
 
 def _copy_tokenizer_files(model, folder: Path) -> None:

@@ -202,6 +202,7 @@ def test_a_tanh_gelu_timm_tower_is_refused_by_the_open_clip_export_and_kept_by_t
     model = maskclip.load(folder)
     with pytest.raises(ConfigError, match="'gelu_tanh'.*format='maskclip' or 'transformers'"):
         model.save_pretrained(tmp_path / "oc", format="open_clip")
+    assert not (tmp_path / "oc").exists()  # refused before anything is written
     model.save_pretrained(tmp_path / "native")
     again = maskclip.load(tmp_path / "native")
     x = torch.randn(1, 3, 32, 32)
