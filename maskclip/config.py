@@ -33,6 +33,8 @@ TIMM_PROJS = ("linear", "mlp", "none", None)
 # timm models maskclip builds as image towers (``maskclip.timm_vision``): the ViT and EVA blocks whose
 # attention it knows. "test_vit*" are timm's tiny test configs (reg tokens, layer scale, MAP over prefix tokens).
 SUPPORTED_TIMM_MODELS = ("vit_*_siglip_*", "eva02_*_clip_*", "test_vit", "test_vit2", "test_vit3")
+# Activations a timm ViT tower takes as ``act_layer`` instead of its own (VisionConfig.act names -> timm's).
+TIMM_ACTS = {"gelu_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
 
 
 def conv_stem_channels(patch_size: int, width: int) -> list:
@@ -65,6 +67,8 @@ class VisionConfig:
     # A timm model as the image tower, as open_clip builds it (``maskclip.timm_vision``): then the
     # fields above only describe it (patch_size, width, layers, heads: read from the timm model)
     # and ``timm_pool`` / ``timm_proj`` / ``timm_proj_bias`` are open_clip's ``vision_cfg`` fields.
+    # ``act`` is then "gelu" (the timm model's own activation) or, for ViT towers, "gelu_tanh" /
+    # "quick_gelu": timm's ``act_layer`` override (transformers' SigLIP checkpoints declare tanh GELU).
     timm_model_name: Optional[str] = None
     timm_pool: str = "avg"
     timm_proj: Optional[str] = "linear"
@@ -104,6 +108,10 @@ class VisionConfig:
         _choice("vision timm_pool", self.timm_pool, TIMM_POOLS)
         _choice("vision timm_proj", self.timm_proj, TIMM_PROJS)
         _flags(self, "timm_proj_bias")
+        if self.act != "gelu" and (self.timm_model_name.startswith("eva") or self.act not in TIMM_ACTS):
+            raise ConfigError(f"vision act {self.act!r} is not available for the timm image tower "
+                              f"{self.timm_model_name!r}: 'gelu' (its own activation), or for ViT towers "
+                              f"{list(TIMM_ACTS)} (timm's act_layer)")
 
 
 @dataclass
@@ -113,7 +121,9 @@ class TextConfig:
     SigLIP's (open_clip ``no_causal_mask``, ``pool_type: "last"``, ``proj_bias``): full attention,
     pooled at the last position, a bias on the projection. ``hf_tokenizer_name`` and
     ``tokenizer_kwargs`` are open_clip's ``text_cfg`` fields naming a non-CLIP tokenizer (kept for
-    export; the files come from the checkpoint folder).
+    export; the files come from the checkpoint folder). ``tokenizer_kwargs`` is a dict (maybe empty)
+    for a model read from open_clip, whose clean-up (``clean``) then applies; ``None`` for one read
+    from transformers, whose tokenizer cleans nothing.
     """
 
     context_length: int = 77

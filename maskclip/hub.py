@@ -20,7 +20,7 @@ import torch
 
 from . import resources, serialization
 from .build import build_model
-from .config import ModelConfig
+from .config import ModelConfig, TextConfig
 from .errors import InputTypeError, ModelNotFoundError, WeightsError, WeightsUnavailableError
 from .convert.open_clip_timm import family_preprocess
 from .model import DualEncoder
@@ -139,17 +139,20 @@ def _hub_folder(repo: str, revision: Optional[str], cache_dir, files: Optional[T
         config = hub_file(repo, config_name, revision, cache_dir)
         if config is None:
             continue
-        layout = serialization.config_json_layout(serialization.read_json(config))
+        data = serialization.read_json(config)
+        layout = serialization.config_json_layout(data)
         if config_name == serialization.NATIVE_CONFIG and layout is None:
             continue  # e.g. a timm config.json beside open_clip files
         weights = hub_file(repo, weights_name, revision, cache_dir)
         if weights is None:
             raise ModelNotFoundError(f"Hub repo {repo!r} has {config_name} but not {weights_name}")
         _verify_sha256(weights, sha256, name or repo)
+        if layout == "transformers" and data.get("model_type") != "clip":  # SigLIP: its preprocessing (optional)
+            hub_file(repo, serialization.HF_PREPROCESSOR, revision, cache_dir)
         return config.parent
     raise ModelNotFoundError(
         f"Hub repo {repo!r} has no checkpoint maskclip can read: expected config.json + model.safetensors "
-        "(maskclip or transformers) or open_clip_config.json + open_clip_model.safetensors"
+        "(maskclip, transformers CLIPModel or SiglipModel) or open_clip_config.json + open_clip_model.safetensors"
     )
 
 
@@ -259,15 +262,26 @@ def _resolve_registered(name: str, revision: Optional[str], cache_dir) -> Resolv
     return config, sd, _hub_tokenizer_folder(entry["repo"], revision, cache_dir, folder)
 
 
-def folder_tokenizer(folder: Callable[[], Path], context_length: int):
-    """The non-CLIP tokenizer (``maskclip.spm_tokenizer``) whose files ``folder()`` holds."""
+def folder_tokenizer(folder: Callable[[], Path], text: TextConfig):
+    """The non-CLIP tokenizer (``maskclip.spm_tokenizer``) whose files ``folder()`` holds, for the text tower ``text``.
+
+    A native folder has no ``open_clip_config.json``; its ``config.json`` carries open_clip's
+    ``hf_tokenizer_name`` and ``tokenizer_kwargs`` (the clean-up), which are passed on unless
+    ``tokenizer_kwargs`` is ``None`` (a model read from transformers: no open_clip clean-up).
+    """
     try:  # by name: the module needs the optional 'tokenizers' package
         SentencePieceTokenizer = importlib.import_module("maskclip.spm_tokenizer").SentencePieceTokenizer
     except ImportError as e:
         raise ModelNotFoundError(
             "this model's tokenizer is SentencePiece (SigLIP's), which needs maskclip.spm_tokenizer and the "
             f"'tokenizers' package; it could not be imported ({e}). Install 'tokenizers', or pass token ids") from None
-    return SentencePieceTokenizer.from_folder(folder(), context_length=context_length)
+    path = folder()
+    config = path / serialization.NATIVE_CONFIG
+    native = config.is_file() and serialization.config_json_layout(serialization.read_json(config)) == "maskclip"
+    text_cfg = {"hf_tokenizer_name": text.hf_tokenizer_name, "tokenizer_kwargs": text.tokenizer_kwargs}
+    return SentencePieceTokenizer.from_folder(
+        path, context_length=text.context_length,
+        open_clip_text_cfg=text_cfg if native and text.tokenizer_kwargs is not None else None)
 
 
 def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] = None,
@@ -291,7 +305,7 @@ def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] =
     config, sd, tokenizer_folder = _resolve(name, revision, cache_dir, allow_pickle)
     model = build_model(config, sd, source=str(name))
     if config.text.hf_tokenizer_name and tokenizer_folder is not None:
-        model.tokenizer_loader = partial(folder_tokenizer, tokenizer_folder, config.text.context_length)
+        model.tokenizer_loader = partial(folder_tokenizer, tokenizer_folder, config.text)
         model.tokenizer_files = tokenizer_folder
     model.to(device=device or "cpu", dtype=dtype)
     model.autocast = autocast

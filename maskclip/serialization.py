@@ -4,7 +4,8 @@ Layouts of a folder (``FORMATS``; ``maskclip`` is the native one, named like the
 library that writes it):
 - ``maskclip``: ``config.json`` (config_type "maskclip") + ``model.safetensors``;
 - ``open_clip``: ``open_clip_config.json`` + ``open_clip_model.safetensors`` (or the pickled ``.bin``);
-- ``transformers``: ``config.json`` (model_type "clip") + ``model.safetensors`` (or ``pytorch_model.bin``).
+- ``transformers``: ``config.json`` (model_type "clip") + ``model.safetensors`` (or ``pytorch_model.bin``),
+  or a ``SiglipModel`` (model_type "siglip"; SigLIP and SigLIP2) + ``preprocessor_config.json``.
 Single files: a ``.safetensors`` state dict in any known key layout (config inferred from shapes
 unless a ``config.json`` sits beside it), or a pickled checkpoint when ``allow_pickle=True``.
 
@@ -16,18 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import struct
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from . import convert
 from .atomic import atomic_write, atomic_write_text
 from .config import CONFIG_TYPE, FORMATS, ModelConfig
-from .errors import ConfigError, InputError, ModelNotFoundError, WeightsError
+from .errors import InputError, ModelNotFoundError, WeightsError
+from .file_readers import read_json, read_safetensors
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -35,23 +35,16 @@ NATIVE_CONFIG, NATIVE_WEIGHTS = "config.json", "model.safetensors"
 OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, OPEN_CLIP_PICKLE = (
     "open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HF_CONFIG, HF_WEIGHTS, HF_PICKLE = "config.json", "model.safetensors", "pytorch_model.bin"
+HF_PREPROCESSOR = "preprocessor_config.json"
+# transformers model types read here: CLIPModel, and SiglipModel (siglip2 for the NaFlex Siglip2Model,
+# which the SigLIP converter refuses with the reason).
+HF_MODEL_TYPES = ("clip", "siglip", "siglip2")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Files a non-CLIP (SentencePiece) tokenizer may need, beside the weights; fetched on first use.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
-_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
 # --- reading -------------------------------------------------------------------------------
-
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ConfigError(f"{path} is not valid JSON: {type(e).__name__}: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object; got {type(data).__name__}")
-    return data
-
 
 def sha256_file(path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
@@ -60,46 +53,6 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def read_safetensors(path: Path) -> StateDict:
-    """Load a safetensors file, turning every way it can be broken into a ``WeightsError``."""
-    duplicates = _duplicate_header_keys(path)
-    if duplicates:
-        raise WeightsError(f"{path} has a safetensors header naming {duplicates[:5]} more than once; parsers "
-                           "disagree on which entry wins, so the file is refused")
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        size = Path(path).stat().st_size if Path(path).exists() else 0
-        raise WeightsError(
-            f"{path} is not a readable safetensors file ({size} bytes; truncated or corrupt?): {e}"
-        ) from None
-
-
-def _duplicate_header_keys(path: Path) -> list:
-    """Keys that an object of a safetensors JSON header lists twice (its parser keeps one silently).
-
-    Headers that are not readable JSON are left for ``safetensors`` to reject.
-    """
-    dupes = []
-
-    def unique(items):
-        keys = [k for k, _ in items]
-        dupes.extend(sorted({k for k in keys if keys.count(k) > 1}))
-        return dict(items)
-
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(0)
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > min(size - 8, _MAX_HEADER):
-                return []
-            json.loads(f.read(n).decode("utf-8"), object_pairs_hook=unique)
-    except (OSError, struct.error, UnicodeDecodeError, ValueError, RecursionError):
-        return []
-    return dupes
 
 
 def read_pickle(path: Path, allow_pickle: bool) -> StateDict:
@@ -133,7 +86,7 @@ def config_json_layout(data: Mapping[str, Any]) -> Optional[str]:
     """Whose ``config.json`` this is: ``maskclip`` | ``transformers``, or ``None`` (e.g. timm's)."""
     if data.get("config_type") == CONFIG_TYPE:
         return "maskclip"
-    if data.get("model_type") == "clip":
+    if data.get("model_type") in HF_MODEL_TYPES:
         return "transformers"
     return None
 
@@ -150,7 +103,7 @@ def folder_layout(folder: Path) -> str:
     present = sorted(p.name for p in folder.iterdir())[:12]
     raise ModelNotFoundError(
         f"{folder} is not a checkpoint folder maskclip can read: expected config.json + model.safetensors "
-        f"(maskclip or transformers CLIPModel) or open_clip_config.json + open_clip_model.safetensors; "
+        f"(maskclip, or transformers CLIPModel or SiglipModel) or open_clip_config.json + open_clip_model.safetensors; "
         f"found {present}"
     )
 
@@ -172,8 +125,11 @@ def read_folder(folder: Path, allow_pickle: bool = False) -> Tuple[ModelConfig, 
     if layout == "open_clip":
         weights = _first_existing(folder, OPEN_CLIP_WEIGHTS, OPEN_CLIP_PICKLE)
         return convert.from_open_clip(read_json(folder / OPEN_CLIP_CONFIG), read_weights(weights, allow_pickle))
+    hf_config = read_json(folder / HF_CONFIG)
+    if hf_config.get("model_type") != "clip":
+        return convert.from_siglip_transformers_folder(folder, hf_config)
     weights = _first_existing(folder, HF_WEIGHTS, HF_PICKLE)
-    return convert.from_transformers(read_json(folder / HF_CONFIG), read_weights(weights, allow_pickle))
+    return convert.from_transformers(hf_config, read_weights(weights, allow_pickle))
 
 
 def read_file(path: Path, allow_pickle: bool = False) -> Tuple[ModelConfig, StateDict]:
@@ -201,32 +157,45 @@ def write_safetensors(tensors: StateDict, path: Path, metadata: Dict[str, str] =
 
 
 def save_pretrained(model, path, format: str = "maskclip") -> Path:
-    """Write ``model`` as a folder in ``format`` (weights first, then config, each atomically)."""
+    """Write ``model`` as a folder in ``format`` (weights first, then config, each atomically).
+
+    The conversion runs first, so a model the layout cannot express is refused before anything is written.
+    """
     if format not in FORMATS:
         raise InputError(f"format must be one of {list(FORMATS)}; got {format!r}")
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict()
-    _copy_tokenizer_files(model, folder)
     if format == "maskclip":
-        write_safetensors(sd, folder / NATIVE_WEIGHTS)
-        model.config.to_json(folder / NATIVE_CONFIG)
+        weights_name, weights, configs = NATIVE_WEIGHTS, sd, {}
     elif format == "open_clip":
-        oc_config, oc_sd = convert.to_open_clip(model.config, sd)
-        write_safetensors(oc_sd, folder / OPEN_CLIP_WEIGHTS)
-        atomic_write_text(folder / OPEN_CLIP_CONFIG, json.dumps(oc_config, indent=2) + "\n")
+        oc_config, weights = convert.to_open_clip(model.config, sd)
+        weights_name, configs = OPEN_CLIP_WEIGHTS, {OPEN_CLIP_CONFIG: oc_config}
     else:
-        hf_config, hf_sd = convert.to_transformers(model.config, sd)
-        write_safetensors(hf_sd, folder / HF_WEIGHTS)
-        atomic_write_text(folder / HF_CONFIG, json.dumps(hf_config, indent=2) + "\n")
-        atomic_write_text(folder / "preprocessor_config.json",
-                          json.dumps(convert.transformers_preprocessor_config(model.config), indent=2) + "\n")
+        weights_name, (weights, configs) = HF_WEIGHTS, _transformers_files(model.config, sd)
+    folder.mkdir(parents=True, exist_ok=True)
+    _copy_tokenizer_files(model, folder)
+    write_safetensors(weights, folder / weights_name)
+    if format == "maskclip":
+        model.config.to_json(folder / NATIVE_CONFIG)
+    for name, data in configs.items():
+        atomic_write_text(folder / name, json.dumps(data, indent=2) + "\n")
+    if format == "transformers" and model.config.vision.timm_model_name is None:
         from .tokenizer import get_tokenizer
 
-        get_tokenizer().save_transformers_files(folder)
+        get_tokenizer().save_transformers_files(folder)  # CLIP's; a SigLIP model's own files were copied
     return folder
+
+
+def _transformers_files(config: ModelConfig, sd: StateDict) -> Tuple[StateDict, Dict[str, dict]]:
+    """A timm (SigLIP) tower as ``SiglipModel``, else ``CLIPModel``: (state dict, {file name: JSON})."""
+    if config.vision.timm_model_name is not None:
+        hf_config, hf_sd, preprocessor = convert.to_siglip_transformers(config, sd)
+    else:
+        hf_config, hf_sd = convert.to_transformers(config, sd)
+        preprocessor = convert.transformers_preprocessor_config(config)
+    return hf_sd, {HF_CONFIG: hf_config, HF_PREPROCESSOR: preprocessor}
 
 
 def _copy_tokenizer_files(model, folder: Path) -> None:

@@ -177,8 +177,10 @@ def _sane_length(value) -> Optional[int]:
 class _Settings:
     """What open_clip_config.json, tokenizer_config.json, special_tokens_map.json and config.json say."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, open_clip_text_cfg: Optional[dict] = None):
         self.open_clip = _read_json(folder / OPEN_CLIP_CONFIG, "open_clip's model config {\"model_cfg\": ...}")
+        if self.open_clip is None and open_clip_text_cfg is not None:
+            self.open_clip = {"model_cfg": {"text_cfg": dict(open_clip_text_cfg)}}
         self.config = _read_json(folder / TOKENIZER_CONFIG, "transformers' tokenizer settings")
         self.special_map = _read_json(folder / SPECIAL_TOKENS_MAP, "transformers' special tokens")
         self.model_config = _read_json(folder / MODEL_CONFIG, "a transformers model config")
@@ -286,11 +288,15 @@ class SentencePieceTokenizer:
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
 
     @classmethod
-    def from_folder(cls, folder, context_length: Optional[int] = None) -> "SentencePieceTokenizer":
+    def from_folder(cls, folder, context_length: Optional[int] = None,
+                    open_clip_text_cfg: Optional[dict] = None) -> "SentencePieceTokenizer":
         """Read the tokenizer files of an open_clip or transformers repo folder (see the module docstring).
 
         `context_length` overrides the folder's (open_clip's `text_cfg.context_length`, then
         `model_max_length`, then config.json's `text_config.max_position_embeddings`).
+        `open_clip_text_cfg` (`hf_tokenizer_name`, `tokenizer_kwargs`, ...) stands in for the
+        open_clip_config.json of a folder that has none, such as a native maskclip folder, whose
+        config.json carries those fields: open_clip's clean-up then applies as for that config.
         """
         tk = _import_tokenizers()
         folder = Path(folder)
@@ -302,7 +308,7 @@ class SentencePieceTokenizer:
                 f"{folder} has no tokenizer files: expected {TOKENIZER_JSON} (a `tokenizers` Tokenizer, as "
                 f"open_clip's SigLIP/SigLIP2 repos ship) or {SPIECE_MODEL} (a SentencePiece model, as "
                 "transformers' SigLIP repos ship)")
-        settings = _Settings(folder)
+        settings = _Settings(folder, open_clip_text_cfg)
         length = context_length if context_length is not None else settings.context_length()
         if length is None:
             raise ConfigError(f"{folder}: no context length; pass context_length= or ship {OPEN_CLIP_CONFIG} "

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import SUPPORTED_TIMM_MODELS, VisionConfig, check_timm_model_name
+from .config import SUPPORTED_TIMM_MODELS, TIMM_ACTS, VisionConfig, check_timm_model_name
 from .errors import ConfigError, InputError
 from .layers import Linear, take_indices
 
@@ -46,6 +46,8 @@ def create_trunk(cfg: VisionConfig, embed_dim: int) -> Tuple[nn.Module, nn.Seque
     check_timm_model_name(cfg.timm_model_name)
     extra_proj = cfg.timm_proj in ("linear", "mlp")
     kwargs = dict(pretrained=False, dynamic_img_size=True)
+    if cfg.act in TIMM_ACTS:  # every block's MLP and the MAP head's
+        kwargs["act_layer"] = TIMM_ACTS[cfg.act]
     if extra_proj:
         trunk = timm.create_model(cfg.timm_model_name, **kwargs)
         trunk.reset_classifier(0, global_pool=cfg.timm_pool)

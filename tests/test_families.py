@@ -311,7 +311,7 @@ def test_a_sentencepiece_tokenizer_is_read_from_the_checkpoint_folder_on_first_u
 
     class FakeSentencePiece:
         @classmethod
-        def from_folder(cls, folder, context_length=None):
+        def from_folder(cls, folder, context_length=None, open_clip_text_cfg=None):
             seen.append((folder, context_length))
             return _Ids()
 

@@ -28,13 +28,15 @@ as OpenAI's ``build_model`` does):
 
 Modules: ``rules`` (the engine), ``detect`` (unwrapping, layout detection), ``infer`` (shape
 inference), one per layout family (``openai_layout``: OpenAI and native; ``timm_layout``: timm,
-SLIP, RILS; ``open_clip_layout``; ``transformers_layout``) and ``any_layout`` (``to_native``).
+SLIP, RILS; ``open_clip_layout`` with ``open_clip_timm``; ``transformers_layout``; ``siglip_transformers``
+and ``siglip_layout``: transformers' SiglipModel) and ``any_layout`` (``to_native``).
 """
 from .any_layout import to_native
 from .detect import LAYOUTS, detect_layout, unwrap_checkpoint
 from .infer import count_blocks, infer_config
 from .open_clip_layout import from_open_clip, to_open_clip
 from .openai_layout import native_to_openai, openai_to_native
+from .siglip_layout import from_siglip_transformers_folder, to_siglip_transformers
 from .timm_layout import from_rils, from_slip, from_timm, native_to_rils, native_to_slip, native_to_timm
 from .transformers_layout import (from_transformers, native_to_transformers, to_transformers,
                                   transformers_preprocessor_config, transformers_to_native)
@@ -44,5 +46,5 @@ __all__ = [
     "openai_to_native", "native_to_openai", "from_open_clip", "to_open_clip",
     "transformers_to_native", "native_to_transformers", "from_transformers", "to_transformers",
     "transformers_preprocessor_config", "from_timm", "native_to_timm", "from_slip", "native_to_slip",
-    "from_rils", "native_to_rils",
+    "from_rils", "native_to_rils", "from_siglip_transformers_folder", "to_siglip_transformers",
 ]

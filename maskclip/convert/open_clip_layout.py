@@ -129,7 +129,7 @@ def _text_config(cfg: Mapping[str, Any], act: str) -> TextConfig:
                       mlp_ratio=float(cfg.get("mlp_ratio", 4.0)), act=_text_act(cfg, act),
                       norm_eps=_eps(cfg, "text_cfg"), causal=not cfg.get("no_causal_mask", False), pool=pool,
                       proj_bias=bool(cfg.get("proj_bias", False)), hf_tokenizer_name=cfg.get("hf_tokenizer_name"),
-                      tokenizer_kwargs=cfg.get("tokenizer_kwargs"))
+                      tokenizer_kwargs=cfg.get("tokenizer_kwargs") or ({} if cfg.get("hf_tokenizer_name") else None))
 
 
 def _preprocess_config(cfg: Mapping[str, Any], image_size: int, family: str = "openai") -> PreprocessConfig:
@@ -262,6 +262,10 @@ def _to_custom_text_open_clip(config: ModelConfig, sd: Mapping[str, torch.Tensor
     if v.timm_model_name is None:
         raise ConfigError("maskclip writes SigLIP text options or a logit bias to open_clip only with a timm image "
                           "tower; this model has maskclip's own ViT")
+    if v.act != "gelu":
+        raise ConfigError(f"open_clip builds a timm image tower with the timm model's own activation; this model's "
+                          f"{v.timm_model_name!r} tower uses {v.act!r} (as transformers' SigLIP checkpoints declare), "
+                          "which open_clip's config cannot say. Save it as format='maskclip' or 'transformers'")
     if t.act == "quick_gelu":
         raise ConfigError("open_clip's timm image towers ignore quick_gelu; this model's text tower uses QuickGELU, "
                           "which open_clip would then apply to no tower consistently")

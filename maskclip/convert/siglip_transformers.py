@@ -40,8 +40,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+from safetensors.torch import save_file
 
+from ..atomic import atomic_write, atomic_write_text
 from ..errors import ConfigError, ModelNotFoundError, WeightsError
+from ..file_readers import read_json, read_safetensors
 from .infer import square_size
 
 StateDict = Dict[str, torch.Tensor]
@@ -613,8 +616,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 
 
 def _read_hf_weights(folder: Path) -> StateDict:
-    from ..serialization import read_json, read_safetensors  # lazily: serialization imports convert
-
     if (folder / _HF_WEIGHTS).is_file():
         return read_safetensors(folder / _HF_WEIGHTS)
     if not (folder / _HF_WEIGHTS_INDEX).is_file():
@@ -642,8 +643,6 @@ def read_siglip_transformers_folder(folder, *, tokenizer_name: Optional[str] = N
     SigLIP one and the folder holds its tokenizer (``tokenizer.json`` or ``spiece.model``), the
     tokenizer name defaults to the folder.
     """
-    from ..serialization import read_json  # lazily: serialization imports convert
-
     folder = Path(folder)
     if not (folder / _HF_CONFIG).is_file():
         raise ModelNotFoundError(f"{folder} has no {_HF_CONFIG}; expected a transformers SiglipModel folder")
@@ -669,9 +668,6 @@ def write_siglip_transformers_folder(folder, open_clip_config: Mapping[str, Any]
     ``SiglipModel.from_pretrained(folder)`` and ``SiglipImageProcessor.from_pretrained(folder)``
     read it; the tokenizer files are not written here.
     """
-    from ..atomic import atomic_write_text
-    from ..serialization import write_safetensors  # lazily: serialization imports convert
-
     if not isinstance(open_clip_config, Mapping) or "model_cfg" not in open_clip_config:
         got = sorted(open_clip_config) if isinstance(open_clip_config, Mapping) else open_clip_config
         raise ConfigError(f"expected an open_clip config {{'model_cfg': ..., 'preprocess_cfg': ...}}; got {got!r}")
@@ -682,7 +678,8 @@ def write_siglip_transformers_folder(folder, open_clip_config: Mapping[str, Any]
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    write_safetensors(hf_sd, folder / _HF_WEIGHTS)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in hf_sd.items()}
+    atomic_write(folder / _HF_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write_text(folder / _HF_CONFIG, json.dumps(hf_config, indent=2) + "\n")
     atomic_write_text(folder / _HF_PREPROCESSOR, json.dumps(preprocessor, indent=2) + "\n")
     return folder
