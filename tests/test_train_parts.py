@@ -291,7 +291,9 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
     kept, faults = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, env=env,
                                   check=True).stdout.split()
-    assert kept == "True" and int(faults) < 2000  # ten fresh 40 MB tensors would fault ~100,000 pages
-    refused = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True,
-                             env={**env, "MALLOC_TRIM_THRESHOLD_": "1000000"}).stdout.split()
-    assert refused[0] == "False"  # the user's own setting wins
+    refused, baseline = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True,
+                                       env={**env, "MALLOC_TRIM_THRESHOLD_": "1000000"}).stdout.split()
+    assert refused == "False"  # the user's own setting wins
+    # Ten fresh 40 MB tensors fault ~100,000 pages (the baseline); kept memory faults none on a quiet
+    # machine (0 measured), but a full, loaded test run once measured 19,532, hence a ratio, not a count.
+    assert kept == "True" and int(faults) * 4 < int(baseline), (faults, baseline)
