@@ -15,7 +15,8 @@ class token); ``vit-sincos-mean`` the same with fixed 2-D sin-cos positions and 
 ``vit-hmlp`` replaces the 8 x 8 patch projection by a non-overlapping two-layer stem (4 x 4 then 2 x 2
 convolutions with a per-position LayerNorm and GELU between, after Touvron et al. 2022's hMLP: each
 token still sees only its own patch, so token masking stays exact); ``vit-conv`` by an overlapping
-stem of three 3 x 3 stride-2 convolutions (Xiao et al. 2021; tokens see their neighbours' pixels);
+stem of three 3 x 3 stride-2 convolutions (``VisionConfig.stem="conv"``, ``maskclip.stem``; Xiao et al.
+2021; tokens see their neighbours' pixels);
 ``cnn`` is benchmarks/synthetic_cnn.py's small CNN, a reference that is not a ViT.
 
 Each run's curve is rewritten to ``benchmarks/results/shape_learnability/<name>.json`` after every
@@ -36,20 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from synthetic_cnn import accuracy, small_cnn  # noqa: E402  (the same CNN and top-1 as the CNN reference)
 RESULTS = ROOT / "benchmarks" / "results" / "shape_learnability"
 ARCHS = ("vit", "vit-sincos-mean", "vit-hmlp", "vit-conv", "cnn")
 SIZE = 64
-
-
-class ChannelNorm(nn.Module):
-    """LayerNorm over the channels of ``[B, C, H, W]`` at each position (no mixing across positions)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class Tower(nn.Module):
@@ -59,34 +52,25 @@ class Tower(nn.Module):
         super().__init__()
         from maskclip import DualEncoder
         from maskclip.config import architecture_config
+        from maskclip.stem import ChannelNorm
 
         cfg = architecture_config("shapes")
         cfg.vision.image_size, cfg.vision.patch_size, cfg.preprocess.image_size = SIZE, 8, SIZE
         if arch == "vit-sincos-mean":
             cfg.vision.pos_embed, cfg.vision.pool = "sincos", "mean"
+        if arch == "vit-conv":
+            cfg.vision.stem = "conv"  # maskclip.stem.ConvStem
         self.visual = DualEncoder(cfg).visual
         w = cfg.vision.width
         if arch == "vit-hmlp":
             self.visual.conv1 = nn.Sequential(nn.Conv2d(3, w // 4, 4, 4), ChannelNorm(w // 4), nn.GELU(),
                                               nn.Conv2d(w // 4, w, 2, 2))
-        elif arch == "vit-conv":
-            self.visual.conv1 = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), ChannelNorm(32), nn.GELU(),
-                                              nn.Conv2d(32, 64, 3, 2, 1), ChannelNorm(64), nn.GELU(),
-                                              nn.Conv2d(64, w, 3, 2, 1))
         self.head = nn.Linear(cfg.embed_dim, 8)
         self.mean = torch.tensor(cfg.preprocess.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.preprocess.std).view(1, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.visual((x - self.mean) / self.std))
-
-
-def cnn() -> nn.Module:
-    def block(c_in: int, c_out: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
-                             nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
-    return nn.Sequential(block(3, 16), block(16, 32), block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(64, 8))
 
 
 def images(split: str, n: int, objects, cache: Path):
@@ -109,25 +93,18 @@ def images(split: str, n: int, objects, cache: Path):
     return x, y
 
 
-@torch.no_grad()
-def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    net.eval()
-    pred = torch.cat([net(x[i:i + 250]).argmax(1) for i in range(0, len(x), 250)])
-    net.train()
-    return float((pred == y).double().mean())
-
-
 def run(args, arch: str) -> dict:
     objects = None if args.objects == "default" else tuple(int(v) for v in args.objects.split("-"))
-    name = f"{arch}-{args.objects}-lr{args.lr:g}-s{args.seed}"
-    out = RESULTS / f"{name}.json"
+    name = f"{arch}-{args.objects}-lr{args.lr:g}-n{args.n_train}-{args.steps}steps-s{args.seed}"
+    results = Path(args.results)
+    out = results / f"{name}.json"
     if out.exists() and json.loads(out.read_text()).get("finished"):
         print(f"{name}: finished earlier, skipped", flush=True)
         return json.loads(out.read_text())
     x_train, y_train = images("train", args.n_train, objects, Path(args.cache))
     x_test, y_test = images("test", args.n_test, None, Path(args.cache))
     torch.manual_seed(args.seed)
-    net = cnn() if arch == "cnn" else Tower(arch)
+    net = small_cnn(8) if arch == "cnn" else Tower(arch)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.05)
     record = {"name": name, "arch": arch, "objects": args.objects, "lr": args.lr, "batch": args.batch,
               "warmup": args.warmup, "n_train": args.n_train, "n_test": args.n_test, "seed": args.seed,
@@ -149,7 +126,7 @@ def run(args, arch: str) -> dict:
             window = []
             record["curve"].append(point)
             record["finished"] = step == args.steps
-            RESULTS.mkdir(parents=True, exist_ok=True)
+            results.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(record, indent=1) + "\n")
             tmp.replace(out)
@@ -158,9 +135,9 @@ def run(args, arch: str) -> dict:
     return record
 
 
-def report() -> str:
+def report(results: Path) -> str:
     lines = []
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(results.glob("*.json")):
         r = json.loads(path.read_text())
         curve = ", ".join(f"{p['step']}: {p['test_top1']:.2f}" for p in r["curve"])
         lines.append(f"- **{r['name']}** ({'finished' if r['finished'] else 'unfinished'}; "
@@ -182,13 +159,13 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", default=str(ROOT / "runs" / "shape_learnability"))
+    p.add_argument("--results", default=str(RESULTS), help="folder of the curves' JSON files")
     p.add_argument("--report", action="store_true", help="print every stored curve and exit")
     args = p.parse_args(argv)
     if args.report:
-        print(report())
+        print(report(Path(args.results)))
         return
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(ROOT))
     for arch in args.arch:
         run(args, arch)
 

@@ -32,6 +32,12 @@ def block(c_in: int, c_out: int) -> nn.Module:
                          nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
 
 
+def small_cnn(classes: int) -> nn.Module:
+    """Three conv-BN-ReLU blocks (16, 32, 64 channels), global average pooling, a linear classifier."""
+    return nn.Sequential(block(3, 16), block(16, 32), block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, classes))
+
+
 @torch.no_grad()
 def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     net.eval()
@@ -52,8 +58,7 @@ def main() -> None:
     x_train, y_train, classes = tensors("train", args.n_train, args.size, args.label)
     x_test, y_test, _ = tensors("test", args.n_test, args.size, args.label)
     torch.manual_seed(0)
-    net = nn.Sequential(block(3, 16), block(16, 32), block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(64, classes))
+    net = small_cnn(classes)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.05)
     start, step = time.perf_counter(), 0
     while time.perf_counter() - start < args.seconds:
