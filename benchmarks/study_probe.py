@@ -84,8 +84,9 @@ def report() -> str:
         curve = json.loads(path.read_text())
         m = curve["meta"]
         out += [f"**{m['name']}**: preset `{m['preset']}`, recipe {m['recipe']}, data `{m['data']}`, batch "
-                f"{m['batch_size']}, lr {m['lr']}, crops {m['crop_scale'][0]}-{m['crop_scale'][1]}, seed {m['seed']}; "
-                f"evaluated on `{m['test']}`.", "",
+                f"{m['batch_size']}, lr {m['lr']}, crops {m['crop_scale'][0]}-{m['crop_scale'][1]}, seed {m['seed']}"
+                + "".join(f", `{k}={v}`" for k, v in m.get("overrides", {}).items() if k.startswith("model_overrides"))
+                + f"; evaluated on `{m['test']}`.", "",
                 "| step | loss | 0-shot shape | 0-shot colour+shape | train (s) |", "| --- | --- | --- | --- | --- |"]
         out += [f"| {q['step']} | {q['loss']:.3f} | {q['zs_shape_top1']:.3f} | {q['zs_colour_shape_top1']:.3f} | "
                 f"{q['train_seconds']:.0f} |" for q in curve["points"]]
