@@ -57,7 +57,7 @@ def model_card(model, repo_id: Optional[str] = None, format: str = "maskclip", l
         tags.append(format)
     data = ModelCardData(library_name=LIBRARY, license=license or licence_of(model.config),
                          pipeline_tag=PIPELINE, tags=tags)
-    body = "\n".join([_title(model, repo, format), _usage(repo, format), _summary(model)])
+    body = "\n".join([_title(model, repo, format), _usage(repo, format, _transformers_class(model)), _summary(model)])
     return f"---\n{data.to_yaml()}\n---\n\n{body}"
 
 
@@ -82,15 +82,24 @@ def _title(model, repo: str, format: str) -> str:
     return "\n".join(lines)
 
 
-def _usage(repo: str, format: str) -> str:
+def _transformers_class(model) -> Optional[str]:
+    """The transformers model class that reads this model's transformers export, or None if none does."""
+    if model.config.vision.timm_model_name is None:
+        return "CLIP"
+    if "siglip" in model.config.vision.timm_model_name and model.config.logit_bias_init is not None:
+        return "Siglip"
+    return None  # e.g. EVA02: transformers has no class for it
+
+
+def _usage(repo: str, format: str, hf_class: Optional[str] = "CLIP") -> str:
     convert = ("This repo is in the `{layout}` layout, which {library} does not read. Write a copy it reads with "
                "`maskclip convert hf-hub:{repo} {folder}/ --format {library}`, then:")
     open_clip = ["```python", "import open_clip", "",
                  'model, _, preprocess = open_clip.create_model_and_transforms("{source}")',
                  'tokenizer = open_clip.get_tokenizer("{source}")', "```"]
-    transformers = ["```python", "from transformers import CLIPModel, CLIPProcessor, pipeline", "",
-                    'model = CLIPModel.from_pretrained("{source}")',
-                    'processor = CLIPProcessor.from_pretrained("{source}")',
+    transformers = ["```python", f"from transformers import {hf_class}Model, {hf_class}Processor, pipeline", "",
+                    f'model = {hf_class}Model.from_pretrained("{{source}}")',
+                    f'processor = {hf_class}Processor.from_pretrained("{{source}}")',
                     'classifier = pipeline("zero-shot-image-classification", model="{source}")', "```"]
     lines = ["## Use", "", "### maskclip", "", "```python", "import maskclip  # pip install maskclip", "",
              f'model = maskclip.load("hf-hub:{repo}")',
@@ -99,6 +108,9 @@ def _usage(repo: str, format: str) -> str:
     for library, snippet, hub_source in (("open_clip", open_clip, f"hf-hub:{repo}"),
                                          ("transformers", transformers, repo)):
         lines += [f"### {library}", ""]
+        if library == "transformers" and hf_class is None:
+            lines += ["transformers has no model class for this architecture.", ""]
+            continue
         if format == library:
             lines += [line.format(source=hub_source) for line in snippet]
         else:

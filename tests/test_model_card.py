@@ -84,6 +84,22 @@ def test_the_card_says_how_each_library_loads_the_repo_directly_or_after_a_conve
     assert "--format open_clip" in as_transformers and "--format transformers" not in as_transformers
 
 
+def test_the_transformers_snippet_names_the_class_that_reads_the_family():
+    import copy
+    from types import SimpleNamespace
+
+    model = tiny_model()
+    siglip, eva = copy.deepcopy(model.config), copy.deepcopy(model.config)
+    siglip.vision.timm_model_name, siglip.logit_bias_init = "vit_base_patch16_siglip_224", -10.0
+    eva.vision.timm_model_name = "eva02_base_patch16_clip_224"
+    as_siglip = model_card(SimpleNamespace(config=siglip, visual=model.visual, text=model.text), "org/s", "transformers")
+    assert 'SiglipModel.from_pretrained("org/s")' in as_siglip and "SiglipProcessor" in as_siglip
+    assert "CLIPModel" not in as_siglip
+    as_eva = model_card(SimpleNamespace(config=eva, visual=model.visual, text=model.text), "org/e", "open_clip")
+    assert "transformers has no model class for this architecture" in as_eva and "CLIPModel" not in as_eva
+    assert 'open_clip.create_model_and_transforms("hf-hub:org/e")' in as_eva
+
+
 def test_a_model_of_unknown_licence_claims_none_unless_told(tmp_path):
     model = tiny_model()  # "tiny-test": not a registered name
     assert ModelCard(model_card(model, "org/m")).data.license is None
