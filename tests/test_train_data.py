@@ -63,6 +63,19 @@ def test_undecodable_and_uncaptioned_samples_are_skipped_and_counted(shards):
     assert all(b["image"].shape[0] == 4 for b in out)
 
 
+def test_data_without_a_usable_sample_is_an_error_not_an_endless_loop(items, tmp_path, monkeypatch):
+    from maskclip.train import data
+
+    monkeypatch.setattr(data, "MAX_FAILED_IN_ROW", 30)  # the same rule as 1000, reached sooner
+    bad = D.write_shards(tmp_path, items[:12], per_shard=12, corrupt=set(range(12)))
+    with pytest.raises(InputError, match="30 training samples in a row could not be read"):
+        batches(open_source(bad), steps=2, batch=4)
+    # a few bad samples among good ones never reach it: the count restarts at every good sample
+    monkeypatch.setattr(data, "MAX_FAILED_IN_ROW", 4)  # 3 bad ones: at most 3 in a row, however shuffled
+    mixed = D.write_shards(tmp_path / "mixed", items[:12], per_shard=12, corrupt={1, 5, 9})
+    assert all(b["image"].shape[0] == 4 for b in batches(open_source(mixed), steps=3, batch=4))
+
+
 def test_same_seed_same_batches_other_epoch_other_order(shards):
     source = open_source(shards)
     a, b = batches(source, 4), batches(source, 4)

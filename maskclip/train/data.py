@@ -236,6 +236,9 @@ def pick_caption(caption: Union[str, Sequence[str]], rng: random.Random) -> str:
 
 # --- the stream --------------------------------------------------------------------------------
 
+MAX_FAILED_IN_ROW = 1000  # unreadable samples in a row before the stream gives up with an error
+
+
 @dataclass
 class StreamSpec:
     local_batch: int  # samples per rank per step
@@ -274,6 +277,7 @@ class TrainStream(IterableDataset):
         for _ in range(consumed):  # resume: skip what this slot already read, without decoding it
             next(raw)
         tokenizer = get_tokenizer()
+        failed_in_row = 0
         for _j in range(self.start_step + w, s.steps_per_epoch, workers):
             images, texts, views, skipped = [], [], [], 0
             while len(images) < s.local_batch:
@@ -284,9 +288,16 @@ class TrainStream(IterableDataset):
                     sample = load()
                     text = pick_caption(sample.captions, rng)
                     img = read_image(sample.image)
-                except Exception:  # undecodable or uncaptioned: skipped and counted, never silently
+                except Exception as e:  # undecodable or uncaptioned: skipped and counted, never silently
                     skipped += 1
+                    failed_in_row += 1
+                    if failed_in_row >= MAX_FAILED_IN_ROW:  # data with no usable sample would loop forever
+                        raise InputError(
+                            f"{failed_in_row} training samples in a row could not be read or had no caption "
+                            f"(the last: {type(e).__name__}: {e}); check the --data paths, the image files "
+                            "and the caption column") from None
                     continue
+                failed_in_row = 0
                 images.append(self.view(img, rng))
                 texts.append(text)
                 views.extend(self.strong(img, rng) for _ in range(s.extra_views))
