@@ -95,7 +95,8 @@ def _ref_patch_map(visual, x, n_patches):
 # --- yvhangyang/ResCLIP clip/model.py (VisionTransformer.forward with use_rcs, custom_attn 'resclip')
 
 
-def ref_resclip(visual, img, rcs_indices, attn_rcs_weights=(2.0, 0.3)):
+def ref_rcs_blocks(visual, img, rcs_indices):
+    """Every block but the last, keeping each one's attention: (tokens [N, B, D], grid, RCS's mean attention)."""
     tokens, n_patches = visual.embed(img)
     x = tokens.permute(1, 0, 2)
     attn_map = []
@@ -104,7 +105,11 @@ def ref_resclip(visual, img, rcs_indices, attn_rcs_weights=(2.0, 0.3)):
         x = x + x_i
         x = x + blk.mlp(blk.ln_2(x))
         attn_map.append(attn_i)
-    attention_rcs = torch.stack([attn_map[i] for i in rcs_indices]).mean(dim=0)
+    return x, n_patches, torch.stack([attn_map[i] for i in rcs_indices]).mean(dim=0)
+
+
+def ref_resclip(visual, img, rcs_indices, attn_rcs_weights=(2.0, 0.3)):
+    x, n_patches, attention_rcs = ref_rcs_blocks(visual, img, rcs_indices)
     blk = visual.transformer.resblocks[-1]
     attn_layer, h = blk.attn, blk.ln_1(x)
     num_tokens, bsz, embed_dim = h.size()

@@ -16,7 +16,7 @@ from maskclip import dense, resclip_sfr
 from maskclip.errors import InputError, InputTypeError
 
 from conftest import tiny_model
-from test_dense_methods import assert_close, ref_attention_addition, ref_custom_attn, ref_gaussian_window, ref_pamr
+from test_dense_methods import assert_close, ref_attention_addition, ref_gaussian_window, ref_pamr, ref_rcs_blocks
 
 
 def ref_resclip_attn(attn_layer, x, n_patches, attn_rcs, attn_sfr=None, attn_sfr_weights=(2.1, 0.7),
@@ -114,15 +114,7 @@ def ref_generate_attention_sfr(patch_logit_temp, n_patches, gaussian_std=5.0):
 
 def ref_resclip_sfr(visual, img, rcs_indices, query_features, temp_thd=0.25):
     """``VisionTransformer.forward(use_rcs=True, use_sfr=True, arch='wo_resi')``, return_all, patches."""
-    tokens, n_patches = visual.embed(img)
-    x = tokens.permute(1, 0, 2)
-    attn_map = []
-    for blk in visual.transformer.resblocks[:-1]:
-        x_i, attn_i = ref_custom_attn(blk.attn, blk.ln_1(x), n_patches, "vanilla", with_attn=True)
-        x = x + x_i
-        x = x + blk.mlp(blk.ln_2(x))
-        attn_map.append(attn_i)
-    attention_rcs = torch.stack([attn_map[i] for i in rcs_indices]).mean(dim=0)
+    x, n_patches, attention_rcs = ref_rcs_blocks(visual, img, rcs_indices)
     patch_size = visual.cfg.patch_size
     seg_logit_temp = ref_create_logit_temp(visual, x, n_patches, attention_rcs, query_features, img, patch_size)
     patch_logit_temp = ref_create_patch_matrix(seg_logit_temp, n_patches, patch_size, temp_thd)
