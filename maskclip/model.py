@@ -108,15 +108,12 @@ class DualEncoder(nn.Module):
         input shape compiles (tens of seconds on CPU); text lengths vary, so the text side compiles
         with dynamic shapes. Returns the model.
         """
-        (self.visual.transformer if isinstance(self.visual, VisionTower) else self.visual.trunk).compile(**kwargs)
+        self.visual.compile_blocks(**kwargs)
         self.text.transformer.compile(**{"dynamic": True, **kwargs})
         return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if isinstance(self.visual, VisionTower):
-            self.visual.transformer.grad_checkpointing = enable
-        else:
-            self.visual.set_grad_checkpointing(enable)
+        self.visual.set_grad_checkpointing(enable)
         self.text.transformer.grad_checkpointing = enable
 
     # --- inputs ------------------------------------------------------------------------------

@@ -230,6 +230,10 @@ class TimmVisionTower(nn.Module):
         final, inter = out
         return self.head(self.trunk.forward_head(final)), inter
 
+    def compile_blocks(self, **kwargs) -> None:
+        """``torch.compile`` the timm trunk in place (``DualEncoder.compile``)."""
+        self.trunk.compile(**kwargs)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.trunk.set_grad_checkpointing(enable)
 

@@ -103,6 +103,13 @@ class VisionTower(nn.Module):
         tokens, _ = self.forward_tokens(x)
         return self.pool(tokens)
 
+    def compile_blocks(self, **kwargs) -> None:
+        """``torch.compile`` the blocks in place (``DualEncoder.compile``)."""
+        self.transformer.compile(**kwargs)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.grad_checkpointing = enable
+
     def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False):
         """Per-block patch tokens of preprocessed images ``x: [B, 3, H, W]`` (timm's arguments).
