@@ -456,3 +456,38 @@ def test_a_timm_vision_config_that_does_not_describe_its_model_is_refused():
     with pytest.raises(ConfigError, match="describe"):
         DualEncoder(cfg)
     assert DualEncoder(dataclasses.replace(cfg, vision=describe(vision, 96))).visual.cfg.layers == 9
+
+
+# --- training -------------------------------------------------------------------------------------
+
+def test_fine_tuning_a_siglip_model_feeds_it_its_own_tokenizers_ids(monkeypatch, tmp_path):
+    """``init_from`` a SigLIP-layout folder: the training stream tokenizes with the model's SentencePiece
+    tokenizer (here a stand-in with a 300-id vocabulary), not CLIP's BPE, whose ids would not even fit."""
+    import train_data as D
+    from maskclip.train import TrainConfig, train
+
+    calls = []
+
+    class Recording(_Ids):
+        def __call__(self, texts, context_length=None, truncate=True):
+            calls.append(len(texts))
+            return super().__call__(texts, context_length, truncate)
+
+    class FakeSentencePiece:
+        @classmethod
+        def from_folder(cls, folder, context_length=None, open_clip_text_cfg=None):
+            return Recording()
+
+    monkeypatch.setitem(sys.modules, "maskclip.spm_tokenizer", types.SimpleNamespace(SentencePieceTokenizer=FakeSentencePiece))
+    model_cfg = json.loads(json.dumps(ODD_MAP))
+    model_cfg["text_cfg"]["hf_tokenizer_name"] = "timm/ViT-B-16-SigLIP2"
+    folder = F.write_open_clip_folder(tmp_path / "oc", custom_text_clip(model_cfg), model_cfg)
+    (folder / "tokenizer.json").write_text('{"model": "not read by the fake"}')
+    shards = D.write_shards(tmp_path / "shards", D.make_items(16, size=40, seed=0), per_shard=8)
+    cfg = TrainConfig.from_preset("tiny", "clip", {
+        "data": shards, "samples_per_epoch": 16, "batch_size": 8, "steps": 2, "log_every": 1, "ckpt_every": 1000,
+        "progress": False, "workers": 0, "loss": "siglip", "init_from": str(folder), "model": ""})
+    summary = train(cfg, tmp_path / "run")
+    assert summary["steps"] == 2 and calls == [8, 8]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == r["loss"] for r in rows if "loss" in r)

@@ -254,8 +254,11 @@ class TrainStream(IterableDataset):
     """Per-rank batches ``{"image", "text", ["views"], "skipped", "slot", "consumed"}`` for one epoch."""
 
     def __init__(self, source, spec: StreamSpec, pp: PreprocessConfig, crop_scale=(0.5, 1.0),
-                 strong_scale=(0.08, 1.0)):
+                 strong_scale=(0.08, 1.0), tokenizer=None):
+        """``tokenizer``: the model's (``model.tokenizer``: texts, context_length, truncate -> ids);
+        OpenAI CLIP's BPE when not given. A SigLIP model's SentencePiece vocabulary needs its own."""
         self.source, self.spec = source, spec
+        self.tokenizer = tokenizer
         self.view = ContrastiveView(pp, crop_scale)
         self.strong = SimCLRView(pp, strong_scale)
         self.epoch, self.start_step, self.offsets = 0, 0, None
@@ -276,7 +279,7 @@ class TrainStream(IterableDataset):
         consumed = self.offsets[v] if self.offsets else 0
         for _ in range(consumed):  # resume: skip what this slot already read, without decoding it
             next(raw)
-        tokenizer = get_tokenizer()
+        tokenizer = self.tokenizer if self.tokenizer is not None else get_tokenizer()
         failed_in_row = 0
         for _j in range(self.start_step + w, s.steps_per_epoch, workers):
             images, texts, views, skipped = [], [], [], 0

@@ -289,7 +289,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, eval_fn: Optional[EvalFn],
         state.offsets = [0] * workers
     spec = StreamSpec(plan.local_batch, plan.steps_per_epoch * cfg.accum_steps, cfg.seed, info.rank,
                       info.world_size, recipe.extra_views, recipe.model.config.text.context_length)
-    stream = TrainStream(source, spec, recipe.model.config.preprocess, cfg.crop_scale, cfg.slip.crop_scale)
+    stream = TrainStream(source, spec, recipe.model.config.preprocess, cfg.crop_scale, cfg.slip.crop_scale,
+                         tokenizer=recipe.model.tokenizer)
     recipe.train()
     summary = _run(wrapped, recipe, optimizer, scaler, stream, state, cfg, plan, info, log, root, eval_fn,
                    stop_after, workers)
