@@ -5,10 +5,15 @@
 - ``image_encoder.onnx``: ``pixel_values`` float32 ``[batch, 3, S, S]``, preprocessed as
   ``model.preprocess`` does (``S``: its image size) -> ``image_embeds`` ``[batch, E]``;
 - ``text_encoder.onnx``: ``input_ids`` int64 ``[batch, length]``, ``length <= context_length``
-  -> ``text_embeds`` ``[batch, E]``, each row pooled at its end-of-text token (its largest id);
-- the tokenizer as transformers files (``vocab.json``, ``merges.txt``, ...; ``CLIPTokenizer``);
+  -> ``text_embeds`` ``[batch, E]``, each row pooled as the text tower pools: at its end-of-text
+  token (its largest id) for CLIP's causal towers; for towers where padding changes the output
+  (SigLIP's full attention, pooled at the last position) ``length`` is fixed at ``context_length``,
+  so a text not padded as the tokenizer pads is refused instead of read wrong;
+- the tokenizer: CLIP's as transformers files (``vocab.json``, ``merges.txt``, ...; ``CLIPTokenizer``),
+  or a SentencePiece model's own files (``tokenizer.json`` / ``spiece.model``) as it was loaded;
 - ``onnx_config.json`` (``ONNX_CONFIG``): the inputs and outputs, the preprocessing, the
-  tokenizer's ids and the logit scale, so a user needs nothing else to run the graphs.
+  tokenizer's ids and the scoring (softmax over labels, or SigLIP's per-label sigmoid with its
+  bias), so a user needs nothing else to run the graphs.
 
 Embeddings are not normalised, like ``encode_image`` / ``encode_text``. The graphs come from
 ``torch.onnx.export(dynamo=True)`` (the ``torch.export`` based exporter, which needs
@@ -31,6 +36,7 @@ from torch import nn
 
 from .atomic import atomic_write_text, fsync_dir
 from .errors import InputError, InputTypeError
+from .serialization import TOKENIZER_FILES, copy_tokenizer_files
 from .tokenizer import Tokenizer, get_tokenizer
 
 ONNX_CONFIG = "onnx_config.json"
@@ -50,12 +56,12 @@ class ImageEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """``input_ids [B, L]`` -> ``text_embeds [B, E]``, pooled at each row's first largest id (end of text).
+    """``input_ids [B, L]`` -> ``text_embeds [B, E]``, pooled as the tower pools (``TextTower.pool``).
 
     The text tower's own forward cuts the batch at its longest text (a length read from the
     data) and sorts large batches into length buckets: neither is a fixed graph. Here every
-    position up to ``L`` is computed; causal attention makes that exact (positions after the
-    end of text cannot change it), so one graph serves every ``L``.
+    position up to ``L`` is computed; for causal towers pooled at end of text that is exact
+    (positions after it cannot change it), so one graph serves every ``L``.
     """
 
     def __init__(self, text: nn.Module):
@@ -63,9 +69,12 @@ class TextEncoder(nn.Module):
         self.text = text
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.text.forward_embeddings(self.text.token_embedding(input_ids))
-        eot = hidden[torch.arange(hidden.shape[0], device=hidden.device), input_ids.argmax(dim=-1)]
-        return self.text.ln_final(eot) @ self.text.text_projection
+        return self.text.pool(input_ids, self.text.forward_embeddings(self.text.token_embedding(input_ids)))
+
+
+def dynamic_text_length(text_cfg) -> bool:
+    """True when a text's padding cannot change its embedding (causal attention, pooled at end of text)."""
+    return text_cfg.causal and text_cfg.pool == "argmax"
 
 
 def export_onnx(model, out_dir, opset: Optional[int] = None) -> Path:
@@ -93,7 +102,10 @@ def export_onnx(model, out_dir, opset: Optional[int] = None) -> Path:
         image, text = _export_programs(model, opset)
         image.save(stage / IMAGE_FILE)  # weights past 2 GB go to IMAGE_FILE + ".data" beside it
         text.save(stage / TEXT_FILE)
-        _tokenizer(cfg.text.context_length).save_transformers_files(stage)
+        if cfg.text.hf_tokenizer_name:
+            copy_tokenizer_files(model, stage)
+        else:
+            _tokenizer(cfg.text.context_length).save_transformers_files(stage)
         files = _publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -109,10 +121,13 @@ def _export_programs(model, opset: Optional[int]):
         visual, text = (copy.deepcopy(t).to("cpu", torch.float32) for t in (visual, text))
     size, context = model.config.preprocess.image_size, model.config.text.context_length
     batch = torch.export.Dim("batch", min=1)
-    length = torch.export.Dim("length", min=2, max=context)
-    # Examples of batch 2, as torch.export specialises a dimension whose example is 0 or 1.
+    text_dims = {0: batch}
+    if dynamic_text_length(model.config.text):
+        text_dims[1] = torch.export.Dim("length", min=2, max=context)
+    # Examples of batch 2, as torch.export specialises a dimension whose example is 0 or 1; ids
+    # within any vocabulary (the graph does not depend on their values).
     pixels = torch.zeros(2, 3, size, size)
-    ids = get_tokenizer()(["a photo", "a photo of a cat"], context_length=context)
+    ids = torch.arange(2 * context).view(2, context) % model.config.text.vocab_size
     modes = [(tower, tower.training) for tower in (visual, text)]
     try:
         # The oneDNN linear kernel of fp32 CPU inference (layers.py) has no ONNX form; with
@@ -123,7 +138,7 @@ def _export_programs(model, opset: Optional[int]):
                                       dynamic_shapes=({0: batch},), verbose=False)
             text_program = torch.onnx.export(TextEncoder(text).eval(), (ids,), dynamo=True, opset_version=opset,
                                              input_names=["input_ids"], output_names=["text_embeds"],
-                                             dynamic_shapes=({0: batch, 1: length},), verbose=False)
+                                             dynamic_shapes=(text_dims,), verbose=False)
     finally:
         for tower, was_training in modes:
             tower.train(was_training)
@@ -163,7 +178,8 @@ def onnx_config(model, opset: int, files: list) -> Dict:
         },
         "text_encoder": {
             "file": TEXT_FILE,
-            "inputs": {"input_ids": {"dtype": "int64", "shape": ["batch", "length"], "max_length": cfg.text.context_length}},
+            "inputs": {"input_ids": {"dtype": "int64", "max_length": cfg.text.context_length,
+                                     "shape": ["batch", "length" if dynamic_text_length(cfg.text) else cfg.text.context_length]}},
             "outputs": {"text_embeds": {"dtype": "float32", "shape": ["batch", embed]}},
         },
         "normalized": False,
@@ -175,13 +191,32 @@ def onnx_config(model, opset: int, files: list) -> Dict:
                       f"resize to {size} x {size} ({pp.interpolation})")
                      + "; RGB; scale to [0, 1]; per channel (x - mean) / std; layout [3, H, W]",
         },
-        "tokenizer": {
-            "kind": "OpenAI CLIP BPE (transformers CLIPTokenizer files in this folder)",
+        "tokenizer": _tokenizer_meta(cfg, files),
+        **_scoring(model),
+    }
+
+
+def _tokenizer_meta(cfg, files: list) -> Dict:
+    if cfg.text.hf_tokenizer_name:
+        shipped = [f for f in files if f in TOKENIZER_FILES]
+        return {"kind": f"SentencePiece ({cfg.text.hf_tokenizer_name}; "
+                        + (f"files in this folder: {', '.join(shipped)})" if shipped else
+                           "its files were not with the model, so none are in this folder)"),
+                "context_length": cfg.text.context_length,
+                "layout": "every row padded (or cut) to context_length as the tokenizer pads; pooled at the "
+                          + ("last position" if cfg.text.pool == "last" else "first largest id")}
+    return {"kind": "OpenAI CLIP BPE (transformers CLIPTokenizer files in this folder)",
             "context_length": cfg.text.context_length, "lowercase": True,
             "start_of_text_id": Tokenizer.sot_token_id, "end_of_text_id": Tokenizer.eot_token_id, "pad_id": 0,
             "layout": "[start_of_text, ids..., end_of_text, padding]; each row is pooled at its first largest id, "
-                      "the end of text, so padding (0, or end_of_text as transformers pads) does not matter",
-        },
-        "logit_scale": min(float(model.logit_scale.detach().exp()), 100.0),
-        "scores": "probabilities = softmax(logit_scale * normalize(image_embeds) @ normalize(text_embeds).T)",
-    }
+                      "the end of text, so padding (0, or end_of_text as transformers pads) does not matter"}
+
+
+def _scoring(model) -> Dict:
+    """How to turn the embeddings into label probabilities, as ``model.classify`` does (``zero_shot.probabilities``)."""
+    if model.logit_bias is not None:
+        return {"logit_scale": float(model.logit_scale.detach().exp()), "logit_bias": float(model.logit_bias.detach()),
+                "scores": "probabilities = sigmoid(logit_scale * normalize(image_embeds) @ normalize(text_embeds).T "
+                          "+ logit_bias), each label on its own (sigmoid-trained: rows need not sum to 1)"}
+    return {"logit_scale": min(float(model.logit_scale.detach().exp()), 100.0),
+            "scores": "probabilities = softmax(logit_scale * normalize(image_embeds) @ normalize(text_embeds).T)"}

@@ -175,7 +175,7 @@ def save_pretrained(model, path, format: str = "maskclip") -> Path:
     else:
         weights_name, (weights, configs) = HF_WEIGHTS, _transformers_files(model.config, sd)
     folder.mkdir(parents=True, exist_ok=True)
-    _copy_tokenizer_files(model, folder)
+    copy_tokenizer_files(model, folder)
     write_safetensors(weights, folder / weights_name)
     if format == "maskclip":
         model.config.to_json(folder / NATIVE_CONFIG)
@@ -198,7 +198,7 @@ def _transformers_files(config: ModelConfig, sd: StateDict) -> Tuple[StateDict, 
     return hf_sd, {HF_CONFIG: hf_config, HF_PREPROCESSOR: preprocessor}
 
 
-def _copy_tokenizer_files(model, folder: Path) -> None:
+def copy_tokenizer_files(model, folder: Path) -> None:
     """A non-CLIP tokenizer's files (``TOKENIZER_FILES``) from where the model was loaded into ``folder``."""
     source = getattr(model, "tokenizer_files", None)
     if source is None:

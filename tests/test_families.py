@@ -491,3 +491,41 @@ def test_fine_tuning_a_siglip_model_feeds_it_its_own_tokenizers_ids(monkeypatch,
     assert summary["steps"] == 2 and calls == [8, 8]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss"] == r["loss"] for r in rows if "loss" in r)
+
+
+# --- ONNX ----------------------------------------------------------------------------------------
+
+def test_onnx_export_of_a_siglip_model_pools_scores_and_tokenizes_as_siglip(tmp_path):
+    """A MAP-pooled timm tower and a last-token-pooled text tower with a projection bias: the graphs
+    match PyTorch, the text length is fixed (padding changes a SigLIP text's embedding), the folder
+    carries the model's SentencePiece files, and the JSON says to score with the sigmoid and bias."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from maskclip import onnx_export
+
+    model_cfg = json.loads(json.dumps(ODD_MAP))
+    model_cfg["text_cfg"]["hf_tokenizer_name"] = "timm/ViT-B-16-SigLIP2"
+    folder = F.write_open_clip_folder(tmp_path / "oc", custom_text_clip(model_cfg), model_cfg)
+    (folder / "tokenizer.json").write_text('{"model": "a stand-in"}')
+    model = maskclip.load(folder)
+    out = onnx_export.export_onnx(model, tmp_path / "onnx")
+    meta = json.loads((out / "onnx_config.json").read_text())
+    assert "tokenizer.json" in meta["files"] and "vocab.json" not in meta["files"]
+    assert (out / "tokenizer.json").read_text() == '{"model": "a stand-in"}'
+    assert meta["text_encoder"]["inputs"]["input_ids"]["shape"] == ["batch", 16]
+    assert "sigmoid" in meta["scores"] and meta["logit_bias"] == pytest.approx(model.logit_bias.item())
+
+    def run(name, x):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        sess = ort.InferenceSession(str(out / name), options, providers=["CPUExecutionProvider"])
+        return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+
+    x = torch.randn(3, 3, 160, 160, generator=torch.Generator().manual_seed(2))
+    ids = tokens(model_cfg)
+    with torch.no_grad():
+        want_image, want_text = model.encode_image(x), model.encode_text(ids)
+    assert rel(run("image_encoder.onnx", x), want_image) < 1e-4
+    assert rel(run("text_encoder.onnx", ids), want_text) < 1e-4
+    with pytest.raises(Exception):  # a shorter, unpadded text is refused by the graph, not read wrong
+        run("text_encoder.onnx", ids[:, :8])
