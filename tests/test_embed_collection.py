@@ -289,3 +289,30 @@ def test_a_table_and_its_images_by_url(tmp_path, model):
     with torch.no_grad():
         expected = model.encode_image([str(p) for p in paths], normalize=True).numpy()
     np.testing.assert_allclose(img.astype(np.float32), expected, atol=FP16, rtol=0)
+
+
+class _ReversedIds:
+    """A tokenizer that is not CLIP's: CLIP's ids of the reversed text (ids a model with its own tokenizer gets)."""
+
+    def __call__(self, texts, context_length=77, truncate=True):
+        from maskclip.tokenizer import get_tokenizer
+
+        texts = [texts] if isinstance(texts, str) else texts
+        return get_tokenizer()([t[::-1] for t in texts], context_length=context_length, truncate=truncate)
+
+
+def test_captions_are_tokenized_by_the_models_own_tokenizer(tmp_path, model_dir):
+    model = maskclip.load(model_dir)
+    model.tokenizer = _ReversedIds()  # as a SigLIP model's SentencePiece tokenizer would be
+    paths = _photos(tmp_path, 2, corrupt=())
+    table = tmp_path / "t.csv"
+    table.write_text("filepath\ttitle\n" + "".join(f"{p.relative_to(tmp_path).as_posix()}\tcaption {i}\n"
+                                                   for i, p in enumerate(paths)), encoding="utf-8")
+    embed_collection(model, table, tmp_path / "out", shard_size=2, batch_size=2, workers=0, dtype="float32",
+                     metadata_format="jsonl", progress=False)
+    text, _ = _rows(tmp_path / "out", "text_emb")
+    with torch.no_grad():
+        want = model.encode_text(["caption 0", "caption 1"], normalize=True)  # through model.tokenizer
+        clip_bpe = model.encode_text(maskclip.tokenize(["caption 0", "caption 1"]), normalize=True)
+    torch.testing.assert_close(torch.from_numpy(text), want)
+    assert not torch.allclose(torch.from_numpy(text), clip_bpe, atol=1e-3)

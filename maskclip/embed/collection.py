@@ -143,7 +143,8 @@ def _embed_parts(model, collection: Collection, parts, folder: OutputFolder, bat
     """Embed ``parts`` and write each as soon as all its batches are in; this process's counts."""
     tasks = _tasks(collection, parts, batch_size)
     expected = collections.Counter(t.part for t in tasks)
-    stream = Batches(collection, tasks, model.config.preprocess, model.config.text.context_length, text, batch_size)
+    stream = Batches(collection, tasks, model.config.preprocess, model.config.text.context_length, text, batch_size,
+                     tokenizer=model.tokenizer if text else None)
     loader = DataLoader(stream, batch_size=None, num_workers=min(workers, len(tasks)),
                         worker_init_fn=_one_thread, pin_memory=model.device.type == "cuda")
     pending: Dict[int, Dict[int, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -236,9 +237,11 @@ class Batches(IterableDataset):
     ``text``) and ``skipped`` one per input that could not be (``input``, ``key``, ``error``, ``reason``)."""
 
     def __init__(self, collection: Collection, tasks: List[Task], cfg: PreprocessConfig, context_length: int,
-                 text: bool, batch_size: int):
+                 text: bool, batch_size: int, tokenizer=None):
+        """``tokenizer``: the model's (``model.tokenizer``); CLIP's BPE when not given."""
         self.collection, self.tasks, self.cfg = collection, tasks, cfg
         self.context_length, self.text, self.batch_size = context_length, text, batch_size
+        self.tokenizer = tokenizer
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -293,7 +296,8 @@ class _Batch:
     def done(self, last: bool) -> dict:
         s = self.stream
         size = s.cfg.image_size
-        tokens = get_tokenizer()(self.texts, context_length=s.context_length, truncate=True) if self.texts else None
+        tokenizer = s.tokenizer if s.tokenizer is not None else get_tokenizer()
+        tokens = tokenizer(self.texts, context_length=s.context_length, truncate=True) if self.texts else None
         pixels = torch.stack(self.pixels) if self.pixels else torch.zeros(0, 3, size, size)
         return {"part": self.task.part, "seq": self.task.seq, "last": last, "pixels": pixels, "tokens": tokens,
                 "meta": self.meta, "skipped": self.skipped}
