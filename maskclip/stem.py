@@ -8,10 +8,11 @@ al. 2021, "Early convolutions help transformers see better"). The token grid is 
 docs/results.md), the plain projection leaves the study's small ViT at chance on shape after hundreds
 of supervised steps while this stem learns it.
 
-What it changes: neighbouring patches overlap by a few pixels in a token's receptive field, so a
-token masked out of the student's input (MaskCLIP, MAE) is not hidden completely from its visible
-neighbours. Only maskclip's own checkpoint format can hold it (OpenAI, open_clip and transformers
-layouts have a single patch projection).
+What it changes: neighbouring patches overlap by a few pixels in a token's receptive field. So that
+a token masked out of the student's input (MaskCLIP, MAE, patch dropout) stays hidden from its
+visible neighbours, ``maskclip.train.masking.encode_masked`` sets the hidden patches' pixels to 0
+before this stem. Only maskclip's own checkpoint format can hold it (OpenAI, open_clip and
+transformers layouts have a single patch projection).
 """
 from __future__ import annotations
 

@@ -201,6 +201,39 @@ def test_encode_masked_drop_sees_only_visible_patches(model):
     torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("mode", ["drop", "token"])
+def test_with_a_conv_stem_a_hidden_patch_is_hidden_from_its_visible_neighbours_too(mode):
+    """A conv stem's receptive field overlaps the neighbouring patches: their pixels are zeroed first."""
+    from conftest import tiny_model
+
+    visual = tiny_model(stem="conv").visual
+    m = random_mask(1, 16, 0.5, torch.Generator().manual_seed(1))
+    x = torch.randn(1, 3, 64, 64)
+    y = x.clone()
+    for hidden in m.mask[0].nonzero().flatten().tolist():
+        r, c = divmod(hidden, 4)
+        y[..., r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] += 5
+    with torch.no_grad():
+        a, _ = encode_masked(visual, x, m, mode, torch.zeros(64))
+        b, _ = encode_masked(visual, y, m, mode, torch.zeros(64))
+        full_a, _ = visual.forward_tokens(x)
+        full_b, _ = visual.forward_tokens(y)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(full_a, full_b)  # unmasked, the stem does see those pixels
+
+
+def test_hide_patches_zeroes_exactly_the_hidden_patches_pixels():
+    from maskclip.train.masking import hide_patches
+
+    x = torch.ones(2, 3, 8, 12)
+    hidden = torch.tensor([[True] + [False] * 5, [False] * 5 + [True]])  # 2 x 3 grid of 4 px patches
+    out = hide_patches(x, hidden, 4)
+    assert out[0, :, :4, :4].eq(0).all() and out[0].sum() == 3 * (96 - 16)
+    assert out[1, :, 4:, 8:].eq(0).all() and out[1].sum() == 3 * (96 - 16)
+    with pytest.raises(ValueError, match="2 x 3 patches"):
+        hide_patches(x, hidden[:, :4], 4)
+
+
 # --- decoders ----------------------------------------------------------------------------------
 
 def test_patch_decoder_predicts_every_patch_from_either_input_form():

@@ -143,7 +143,13 @@ def encode_masked(visual: VisionTower, images: torch.Tensor, mask: Optional[Mask
     returns ``[B, 1 + K, width]``. ``mode="token"`` (BEiT): hidden patches' embeddings are
     replaced by ``mask_token [width]`` before positions are added: returns ``[B, 1 + N, width]``.
     ``mask=None`` runs the full image. Also returns the patch grid.
+
+    With a convolutional stem (``VisionConfig.stem="conv"``) a token's receptive field reaches a
+    few pixels into its neighbours' patches, so the hidden patches' pixels are set to 0 (the
+    normalised mean) before the stem: what the student is asked about stays hidden from it.
     """
+    if mask is not None and getattr(getattr(visual, "cfg", None), "stem", "patch") == "conv":
+        images = hide_patches(images, mask.mask, visual.cfg.patch_size)
     patches, grid = visual.patchify(images)
     if mask is not None and mode == "token":
         if mask_token is None:
@@ -153,6 +159,20 @@ def encode_masked(visual: VisionTower, images: torch.Tensor, mask: Optional[Mask
     if mask is not None and mode == "drop":
         tokens = torch.cat([tokens[:, :1], keep(tokens[:, 1:], mask.ids_keep)], dim=1)
     return visual.transformer(tokens), grid
+
+
+def hide_patches(images: torch.Tensor, hidden: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``images [B, C, H, W]`` with the pixels of each hidden patch (``hidden [B, gh * gw]``, row-major) set to 0."""
+    B, _, H, W = images.shape
+    gh, gw = H // patch_size, W // patch_size
+    if hidden.shape != (B, gh * gw):
+        raise ValueError(f"a mask of {gh} x {gw} patches per image was expected for {H} x {W} images with patch "
+                         f"{patch_size}; got mask shape {tuple(hidden.shape)}")
+    keep_px = (~hidden).view(B, 1, gh, 1, gw, 1).expand(B, 1, gh, patch_size, gw, patch_size)
+    keep_px = keep_px.reshape(B, 1, gh * patch_size, gw * patch_size)
+    if (gh * patch_size, gw * patch_size) != (H, W):  # pixels past the last whole patch belong to no token
+        keep_px = torch.nn.functional.pad(keep_px, (0, W - gw * patch_size, 0, H - gh * patch_size), value=True)
+    return images * keep_px.to(images.dtype)
 
 
 def text_mask(tokens: torch.Tensor, ratio: float, generator: torch.Generator) -> torch.Tensor:
