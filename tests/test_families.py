@@ -529,3 +529,20 @@ def test_onnx_export_of_a_siglip_model_pools_scores_and_tokenizes_as_siglip(tmp_
     assert rel(run("text_encoder.onnx", ids), want_text) < 1e-4
     with pytest.raises(Exception):  # a shorter, unpadded text is refused by the graph, not read wrong
         run("text_encoder.onnx", ids[:, :8])
+
+
+@pytest.mark.parametrize("overrides", [{"recipe": "maskclip"}, {"recipe": "clip_mae"}, {"recipe": "slip"},
+                                       {"recipe": "clip", "patch_dropout": 0.5}], ids=lambda o: "-".join(map(str, o.values())))
+def test_a_timm_tower_is_refused_by_the_recipes_that_need_maskclips_own_vit(overrides, tmp_path):
+    import train_data as D
+    from maskclip.train import TrainConfig, train
+
+    folder = F.write_open_clip_folder(tmp_path / "oc", custom_text_clip(ODD_AVG), ODD_AVG)
+    shards = D.write_shards(tmp_path / "shards", D.make_items(8, size=40, seed=0), per_shard=8)
+    recipe = overrides.pop("recipe")
+    cfg = TrainConfig.from_preset("tiny", recipe, {
+        "data": shards, "samples_per_epoch": 8, "batch_size": 8, "steps": 1, "progress": False, "workers": 0,
+        "init_from": str(folder), "model": "", **overrides})
+    with pytest.raises(ConfigError, match="need maskclip's own ViT image tower; this model's is a timm tower "
+                                          r"\(test_vit2\)"):
+        train(cfg, tmp_path / "run")

@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..model import MaskCLIP
-from ..towers import BUCKET_SIZES, DEFAULT_BUCKET_SIZES, length_buckets
+from ..towers import BUCKET_SIZES, DEFAULT_BUCKET_SIZES, VisionTower, length_buckets
 from .accumulate import CachedFeatures
 from .config import DecoderConfig, MaskingConfig, TrainConfig
 from .decoder import PatchDecoder, TokenDecoder
@@ -420,4 +421,20 @@ RECIPE_CLASSES = {cls.name: cls for cls in (Recipe, SLIP, CLIPMAE, MaskCLIPRecip
 
 
 def build_recipe(model: MaskCLIP, cfg: TrainConfig) -> Recipe:
+    _check_tower(model, cfg)
     return RECIPE_CLASSES[cfg.recipe](model, cfg)
+
+
+def _check_tower(model: MaskCLIP, cfg: TrainConfig) -> None:
+    """Masking, SLIP's views and RILS's decoder work on maskclip's own ViT (``VisionTower``); an image
+    tower built by timm (SigLIP, EVA02) trains with the plain image-text loss only."""
+    if isinstance(model.visual, VisionTower):
+        return
+    needs = [f"recipe {cfg.recipe!r}"] if cfg.recipe != "clip" else []
+    if cfg.patch_dropout > 0:
+        needs.append(f"patch_dropout={cfg.patch_dropout}")
+    if needs:
+        raise ConfigError(
+            f"{' and '.join(needs)} need maskclip's own ViT image tower; this model's is a timm tower "
+            f"({getattr(model.config.vision, 'timm_model_name', None) or type(model.visual).__name__}), which "
+            "trains with recipe 'clip' (loss=clip or loss=siglip) and patch_dropout=0")
