@@ -46,11 +46,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from patch_probe import paired_bootstrap, patch_probe  # noqa: E402  (a sibling script, not a package)
 
+RESULTS = ROOT / "benchmarks" / "results" / "shapes_study"
+STUDY_PRESET, STUDY_VERSION, STUDY_STEPS = "shapes64-conv", 3, 2000  # the setting chosen by the probes (docs/results.md)
 RECIPES = ["clip", "maskclip", "maskclip_cosine", "slip", "clip_mae", "rils"]
 SEEDED = ("clip", "maskclip", "maskclip_cosine")  # the recipes the question compares: several seeds
 VARIANTS = {"maskclip_cosine": ("maskclip", {"maskclip.loss": "cosine"})}
 METHODS = ["vanilla", "maskclip", "sclip", "clearclip"]
-SCALARS = ["train_seconds", "zeroshot_shape_top1", "zeroshot_colour_shape_top1", "i2t_R@1", "t2i_R@1", "probe_top1",
+SCALARS = ["train_seconds", "zeroshot_shape_top1", "zeroshot_shape_single_top1", "zeroshot_colour_shape_top1", "i2t_R@1", "t2i_R@1", "probe_top1",
            "patch_shape_top1", "patch_colour_top1", "patch_object_top1",
            *[f"miou_shape_{m}" for m in METHODS], *[f"miou_colour_{m}" for m in METHODS]]
 
@@ -69,6 +71,7 @@ def specs(args) -> dict:
     v = f"version={args.version}"
     return {"train": f"synthetic:train,{v},n={args.n_train},cache={Path(args.out) / 'cache'}",
             "test": f"synthetic:test,{v},n={args.n_test}", "seg": f"synthetic:test,{v},n={args.n_seg}",
+            "single": f"synthetic:test,{v},objects=1-1,n={args.n_test}",
             "probe_train": f"synthetic:train,{v},n={args.n_probe}", "val": f"synthetic:val,{v},n={args.n_val}"}
 
 
@@ -79,23 +82,37 @@ def write_json(path: Path, obj) -> None:
 
 
 def train_run(name: str, recipe_name: str, seed: int, args) -> dict:
+    """Train (or resume) one run in ``<out>/<name>``; its learning curve goes to ``<results>/curves/<name>.json``."""
     from maskclip.train import TrainConfig, train
     from maskclip.train import checkpoint as ckpt
+    from study_probe import Probe  # a sibling script: the zero-shot curve hook
 
     recipe, extra = VARIANTS.get(recipe_name, (recipe_name, {}))
     run = Path(args.out) / name
-    cfg = TrainConfig.from_preset(args.preset, recipe, {
-        "data": [specs(args)["train"]], "steps": args.steps, "seed": seed, "progress": False,
-        "workers": args.workers, **({"batch_size": args.batch} if args.batch else {}), **extra})
+    overrides = {"data": [specs(args)["train"]], "steps": args.steps, "seed": seed, "progress": False,
+                 "workers": args.workers, **({"batch_size": args.batch} if args.batch else {}), **extra}
+    if args.curve_every:
+        overrides.update(eval_every=args.curve_every, ckpt_every=args.curve_every)
+    cfg = TrainConfig.from_preset(args.preset, recipe, overrides)
     found = ckpt.latest(run / "checkpoints")
+    resumed_at = int(found.name.split("_")[1]) if found is not None else 0  # step_XXXXXXXX
+    probe = None
+    if args.curve_every:
+        test = f"synthetic:test,version={args.version},n={args.n_curve}"
+        meta = {"name": name, "preset": args.preset, "recipe": recipe_name, "data": cfg.data[0], "test": test,
+                "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "crop_scale": list(cfg.crop_scale),
+                "seed": seed, "threads": torch.get_num_threads(), "overrides": extra}
+        probe = Probe(test, cfg.model_overrides.get("vision", {}).get("image_size") or 32,
+                      Path(args.results) / "curves" / f"{name}.json", run / "metrics.jsonl", meta, resumed_at,
+                      args.curve_every)
     t0 = time.perf_counter()
-    summary = train(cfg, run, resume=found is not None)
-    seconds = time.perf_counter() - t0
+    summary = train(cfg, run, resume=found is not None, eval_fn=probe)
+    seconds = time.perf_counter() - t0 - (probe.eval_seconds if probe else 0.0)
     timing = run / "timing.json"  # train time summed over the invocations that trained this run
     before = json.loads(timing.read_text())["train_seconds"] if timing.is_file() and found is not None else 0.0
     record = {"recipe": recipe_name, "seed": seed, "train_seconds": round(before + seconds, 1),
               "steps": summary["steps"], "batch_size": cfg.batch_size, "skipped": summary["skipped"],
-              "nonfinite": summary["nonfinite"]}
+              "nonfinite": summary["nonfinite"], "threads": torch.get_num_threads()}
     write_json(timing, record)
     return record
 
@@ -143,6 +160,7 @@ def evaluate(model_dir: Path, args) -> dict:
     test, seg = (open_synthetic(parse_spec(s[k]), size) for k in ("test", "seg"))
     zs = zero_shot_per_image(model, test, "shape")
     zs80 = zero_shot_per_image(model, test, "colour_shape")
+    zs1 = zero_shot_per_image(model, open_synthetic(parse_spec(s["single"]), size), "shape")
     ret = image_text_retrieval(model, s["test"], progress=False)
     probe = linear_probe_classification(model, s["probe_train"], s["test"], val=s["val"], progress=False)
     patches = patch_probe(model, open_synthetic(parse_spec(s["probe_train"]), size), test,
@@ -151,6 +169,7 @@ def evaluate(model_dir: Path, args) -> dict:
     seg_colour = zero_shot_segmentation(model, colour_masks(seg), methods=METHODS, progress=False)
     return {
         "zeroshot_shape_top1": float(np.mean(zs)), "zeroshot_colour_shape_top1": float(np.mean(zs80)),
+        "zeroshot_shape_single_top1": float(np.mean(zs1)),
         "i2t_R@1": ret["image_to_text_R@1"], "t2i_R@1": ret["text_to_image_R@1"], "probe_top1": probe["top1"],
         **{f"patch_{k}_top1": v["top1"] for k, v in patches.items()},
         **{f"patch_{k}_chance": v["chance"] for k, v in patches.items()},
@@ -196,6 +215,7 @@ def _seed_mean(rows: list, metric: str):
 
 def markdown(summary: dict) -> str:
     cols = [("train (s)", "train_seconds", "{:.0f}"), ("0-shot shape", "zeroshot_shape_top1", "{:.3f}"),
+            ("0-shot shape, 1 object", "zeroshot_shape_single_top1", "{:.3f}"),
             ("0-shot colour+shape", "zeroshot_colour_shape_top1", "{:.3f}"), ("I2T R@1", "i2t_R@1", "{:.3f}"),
             ("T2I R@1", "t2i_R@1", "{:.3f}"), ("linear probe", "probe_top1", "{:.3f}"),
             ("patch shape", "patch_shape_top1", "{:.3f}"), ("patch colour", "patch_colour_top1", "{:.3f}"),
@@ -215,14 +235,99 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-MARK_START, MARK_END = "<!-- study-table -->", "<!-- /study-table -->"
+MARK_START, MARK_END = "<!-- shapes-study-table -->", "<!-- /shapes-study-table -->"
+COLOURS = {"clip": (31, 119, 180), "maskclip": (214, 39, 40), "maskclip_cosine": (255, 127, 14),
+           "slip": (44, 160, 44), "clip_mae": (148, 103, 189), "rils": (140, 86, 75)}
+BARS = [("0-shot shape", "zeroshot_shape_top1"), ("linear probe", "probe_top1"), ("patch shape", "patch_shape_top1"),
+        ("patch colour", "patch_colour_top1"), ("mIoU shape (Zhou)", "miou_shape_maskclip"),
+        ("mIoU colour (Zhou)", "miou_colour_maskclip")]
 
 
-def write_results_doc(path: Path, table: str, meta: dict) -> None:
-    """Put the table between the markers of ``docs/results.md``, keeping the written analysis around it."""
-    block = (f"{MARK_START}\n{table}\n\nMeasured {meta['date']} with `{meta['command']}` (torch {meta['torch']}, "
+def plot_bars(summary: dict, path: Path) -> None:
+    """Grouped bars (mean over seeds, a line for +- std) of the main metrics per recipe, drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    rows = list(summary["table"].items())
+    W, H, left, bottom, top = 1000, 440, 50, 50, 40
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    plot_h, group_w = H - bottom - top, (W - left - 20) / len(BARS)
+    bar_w = group_w * 0.8 / max(1, len(rows))
+    for tick in range(0, 11, 2):
+        y = H - bottom - plot_h * tick / 10
+        d.line([(left, y), (W - 20, y)], fill=(225, 225, 225))
+        d.text((left - 30, y - 6), f"{tick / 10:.1f}", fill="black")
+    for g, (label, key) in enumerate(BARS):
+        x0 = left + g * group_w + group_w * 0.1
+        for i, (recipe, row) in enumerate(rows):
+            m, sd = row[key]["mean"], row[key]["std"]
+            x = x0 + i * bar_w
+            d.rectangle([x, H - bottom - plot_h * max(0.0, min(1.0, m)), x + bar_w - 2, H - bottom],
+                        fill=COLOURS.get(recipe, (0, 0, 0)))
+            if sd:
+                xc = x + bar_w / 2 - 1
+                d.line([(xc, H - bottom - plot_h * min(1.0, m + sd)), (xc, H - bottom - plot_h * max(0.0, m - sd))],
+                       fill="black", width=2)
+        d.text((x0, H - bottom + 8), label, fill="black")
+    for i, (recipe, row) in enumerate(rows):
+        d.rectangle([left + i * 150, 10, left + i * 150 + 12, 22], fill=COLOURS.get(recipe, (0, 0, 0)))
+        d.text((left + i * 150 + 16, 10), f"{recipe} ({len(row['seeds'])})", fill="black")
+    img.save(path)
+
+
+def plot_curves(curves: dict, path: Path, n_images: int) -> None:
+    """Zero-shot shape top-1 against training step, one line per run, coloured by recipe."""
+    from PIL import Image, ImageDraw
+
+    W, H, left, bottom, top = 800, 420, 50, 40, 40
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    steps = max((p["step"] for c in curves.values() for p in c["points"]), default=1)
+    plot_w, plot_h = W - left - 20, H - bottom - top
+    for tick in range(0, 11, 2):
+        y = H - bottom - plot_h * tick / 10
+        d.line([(left, y), (W - 20, y)], fill=(225, 225, 225))
+        d.text((left - 30, y - 6), f"{tick / 10:.1f}", fill="black")
+    for k in range(6):
+        x = left + plot_w * k / 5
+        d.text((x - 10, H - bottom + 8), str(round(steps * k / 5)), fill="black")
+    y_chance = H - bottom - plot_h * 0.125
+    d.line([(left, y_chance), (W - 20, y_chance)], fill=(160, 160, 160))
+    d.text((W - 120, y_chance - 14), "chance 0.125", fill=(120, 120, 120))
+    recipes = []
+    for name, c in sorted(curves.items()):
+        recipe = c["meta"]["recipe"]
+        xy = [(left + plot_w * p["step"] / steps, H - bottom - plot_h * p["zs_shape_top1"]) for p in c["points"]]
+        if len(xy) > 1:
+            d.line(xy, fill=COLOURS.get(recipe, (0, 0, 0)), width=2)
+        if recipe not in recipes:
+            recipes.append(recipe)
+    for i, recipe in enumerate(recipes):
+        d.rectangle([left + i * 130, 10, left + i * 130 + 12, 22], fill=COLOURS.get(recipe, (0, 0, 0)))
+        d.text((left + i * 130 + 16, 10), recipe, fill="black")
+    d.text((left, H - 14), f"training step; zero-shot shape top-1 on {n_images} held-out test images", fill="black")
+    img.save(path)
+
+
+def curves_markdown(curves: dict) -> str:
+    """Zero-shot shape top-1 per curve point, a column per run."""
+    names = sorted(curves)
+    steps = sorted({p["step"] for c in curves.values() for p in c["points"]})
+    at = {n: {p["step"]: p["zs_shape_top1"] for p in curves[n]["points"]} for n in names}
+    lines = ["| step | " + " | ".join(names) + " |", "| --- " * (len(names) + 1) + "|"]
+    for step in steps:
+        lines.append(f"| {step} | " + " | ".join(f"{at[n][step]:.3f}" if step in at[n] else "" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def write_results_doc(path: Path, table: str, meta: dict, curves: str = "", n_curve: int = 0) -> None:
+    """Put the table (and the curves) between the markers of ``docs/results.md``, keeping the analysis around it."""
+    curves_block = (f"\n\nZero-shot shape top-1 during training ({n_curve} test images per point; the curves' "
+                    f"JSON is in the results folder's `curves/`):\n\n{curves}" if curves else "")
+    block = (f"{MARK_START}\n{table}{curves_block}\n\nMeasured {meta['date']} with `{meta['command']}` (torch {meta['torch']}, "
              f"{meta['cpus']} CPU cores, preset {meta['preset']}, {meta['steps']} steps, {meta['n_train']} training "
-             f"images, {meta['runs']} runs, {meta['train_seconds']:.0f} s of training in all).\n{MARK_END}")
+             f"images, {meta['runs']} runs" + (f" ({meta['missing_runs']} still to run)" if meta["missing_runs"] else "")
+             + f", {meta['train_seconds']:.0f} s of training in all).\n{MARK_END}")
     text = path.read_text(encoding="utf-8") if path.exists() else f"# The synthetic-shapes study\n\n{MARK_START}\n{MARK_END}\n"
     head, _, rest = text.partition(MARK_START)
     _, _, tail = rest.partition(MARK_END)
@@ -244,36 +349,70 @@ def bundle(best: str, out: Path) -> Path:
     return target
 
 
+def bundle_score(r: dict) -> float:
+    """How the bundled model is chosen among MaskCLIP-recipe runs: zero-shot shape + Zhou et al.'s mIoU + probe."""
+    return r["zeroshot_shape_top1"] + r["miou_shape_maskclip"] + r["probe_top1"]
+
+
+def maybe_bundle(name: str, record: dict, args) -> None:
+    """Ship ``name``'s model as tiny-shapes when it is the best MaskCLIP-recipe run so far.
+
+    Decided as each run finishes, so the choice survives a study run in parts (a run's model folder
+    lives in the git-ignored work folder; the bundled copy and ``<results>/bundled.json`` are committed)."""
+    if not record["recipe"].startswith("maskclip"):
+        return
+    marker = Path(args.results) / "bundled.json"
+    current = json.loads(marker.read_text()) if marker.is_file() else None
+    if current is not None and current.get("score", -1.0) >= bundle_score(record):
+        return
+    target = bundle(name, Path(args.out))
+    write_json(marker, {"run": name, "score": round(bundle_score(record), 6), "criterion": bundle_score.__doc__,
+                        "zeroshot_shape_top1": record["zeroshot_shape_top1"],
+                        "zeroshot_shape_single_top1": record["zeroshot_shape_single_top1"],
+                        "miou_shape_maskclip": record["miou_shape_maskclip"], "probe_top1": record["probe_top1"],
+                        "command": " ".join(sys.argv), "weights": str(target.relative_to(ROOT))})
+    print(f"bundled {name} as tiny-shapes in {target}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipes", nargs="+", default=RECIPES, choices=RECIPES)
     p.add_argument("--seeds", type=int, default=3, help="seeds of CLIP and the MaskCLIP variants (others: 1)")
-    p.add_argument("--preset", default="shapes64")
-    p.add_argument("--version", type=int, default=2, help="synthetic generator version")
-    p.add_argument("--steps", type=int, default=5000)
-    p.add_argument("--n-train", type=int, default=20000)
+    p.add_argument("--only", nargs="+", default=[], help="train just these runs (names as in the table: clip-s0 ...)")
+    p.add_argument("--preset", default=STUDY_PRESET)
+    p.add_argument("--version", type=int, default=STUDY_VERSION, help="synthetic generator version")
+    p.add_argument("--steps", type=int, default=STUDY_STEPS)
+    p.add_argument("--n-train", type=int, default=10000)
     p.add_argument("--batch", type=int, default=0, help="batch size (0: the preset's)")
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--n-seg", type=int, default=500)
     p.add_argument("--n-probe", type=int, default=2000, help="training images of the linear probes")
     p.add_argument("--n-val", type=int, default=500, help="validation images choosing the probe's weight decay")
     p.add_argument("--n-patch", type=int, default=500, help="images (train and test) of the per-patch probes")
+    p.add_argument("--curve-every", type=int, default=250, help="zero-shot learning-curve points every N steps (0: none)")
+    p.add_argument("--n-curve", type=int, default=500, help="test images of each curve point")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--max-runs", type=int, default=0, help="train at most this many unfinished runs now (0: all)")
-    p.add_argument("--out", default=str(ROOT / "runs" / "shapes-study"))
+    p.add_argument("--out", default=str(ROOT / "runs" / "shapes-study"), help="work folder: checkpoints, models, pool")
+    p.add_argument("--results", default=str(RESULTS), help="finished runs' results and curves (committed)")
     p.add_argument("--no-docs", action="store_true", help="do not write docs/results.md")
-    p.add_argument("--bundle", action="store_true", help="ship the best MaskCLIP run as the tiny-shapes model")
+    p.add_argument("--bundle", action="store_true", help="ship the best MaskCLIP run so far as the tiny-shapes model")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    known = [r[0] for r in runs(args)]
+    unknown = sorted(set(args.only) - set(known))
+    if unknown:
+        p.error(f"--only names runs that are not in this study: {unknown}; the study's runs: {known}")
+    out, results_dir = Path(args.out), Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
     trained = 0
     results = []
     for name, recipe, seed in runs(args):
-        path = out / name / "results.json"
-        if not path.is_file():
+        path = results_dir / f"{name}.json"
+        if not path.is_file() and (not args.only or name in args.only):
             if args.max_runs and trained >= args.max_runs:
                 continue
             record = train_run(name, recipe, seed, args)
@@ -282,27 +421,37 @@ def main() -> None:
             t0 = time.perf_counter()
             record.update(evaluate(out / name / "model", args))
             record["eval_seconds"] = round(time.perf_counter() - t0, 1)
+            record["setting"] = {"preset": args.preset, "version": args.version, "steps": args.steps,
+                                 "n_train": args.n_train, "finished": time.strftime("%Y-%m-%d %H:%M"),
+                                 "torch": torch.__version__, "cpus": os.cpu_count()}
             write_json(path, record)
             print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in record.items() if isinstance(v, float)), flush=True)
-        results.append(json.loads(path.read_text()))
+            if args.bundle:
+                maybe_bundle(name, record, args)
+        if path.is_file():
+            results.append(json.loads(path.read_text()))
+    mismatched = [r for r in results if r.get("setting", {}).get("steps") not in (None, args.steps)]
+    if mismatched:
+        raise SystemExit(f"{results_dir} holds runs of another setting ({len(mismatched)} with other steps); "
+                         "use another --results folder")
     missing = len(runs(args)) - len(results)
     summary = summarise(results)
     meta = {"preset": args.preset, "version": args.version, "steps": args.steps, "n_train": args.n_train,
             "runs": len(results), "missing_runs": missing, "train_seconds": sum(r["train_seconds"] for r in results),
             "torch": torch.__version__, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
             "command": " ".join(sys.argv)}
-    write_json(out / "summary.json", {"meta": meta, **summary})
+    write_json(results_dir / "summary.json", {"meta": meta, **summary})
     table = markdown(summary)
     print(table)
     if missing:
         print(f"{missing} runs still to do: rerun the same command to continue", flush=True)
-    elif not args.no_docs:
-        write_results_doc(ROOT / "docs" / "results.md", table, meta)
-    if args.bundle and not missing:
-        candidates = [r for r in results if r["recipe"].startswith("maskclip")]
-        best = max(candidates, key=lambda r: r["zeroshot_shape_top1"] + r["miou_shape_maskclip"] + r["probe_top1"])
-        name = f"{best['recipe']}-s{best['seed']}"
-        print(f"bundled {name} as tiny-shapes in {bundle(name, out)}")
+    if not args.no_docs and results:
+        curves = {p.stem: json.loads(p.read_text()) for p in sorted((results_dir / "curves").glob("*.json"))}
+        write_results_doc(ROOT / "docs" / "results.md", table, meta, curves_markdown(curves) if curves else "",
+                          args.n_curve)
+        plot_bars(summary, ROOT / "docs" / "shapes_study.png")
+        if curves:
+            plot_curves(curves, ROOT / "docs" / "shapes_study_curves.png", args.n_curve)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def measure(recipe_name: str, args) -> dict:
     total = args.warmup + args.steps
     overrides = {"batch_size": args.batch, "steps": total, "data": [args.data], "progress": False,
                  **dict(parse_override(s) for s in args.set)}
-    cfg = TrainConfig.from_preset("shapes", recipe_name, overrides)
+    cfg = TrainConfig.from_preset(args.preset, recipe_name, overrides)
     legacy = not _has_step_runner()
     if not legacy:
         from maskclip.train.allocator import keep_freed_memory
@@ -127,6 +127,7 @@ def table(rows) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipes", nargs="+", default=RECIPES, choices=RECIPES)
+    p.add_argument("--preset", default="shapes", help="training preset (shapes64: the shape study's)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
