@@ -57,7 +57,8 @@ def model_card(model, repo_id: Optional[str] = None, format: str = "maskclip", l
         tags.append(format)
     data = ModelCardData(library_name=LIBRARY, license=license or licence_of(model.config),
                          pipeline_tag=PIPELINE, tags=tags)
-    body = "\n".join([_title(model, repo, format), _usage(repo, format, _transformers_class(model)), _summary(model)])
+    body = "\n".join([_title(model, repo, format), _usage(repo, format, _transformers_class(model), _maskclip_only(model)),
+                      _summary(model)])
     return f"---\n{data.to_yaml()}\n---\n\n{body}"
 
 
@@ -91,7 +92,14 @@ def _transformers_class(model) -> Optional[str]:
     return None  # e.g. EVA02: transformers has no class for it
 
 
-def _usage(repo: str, format: str, hf_class: Optional[str] = "CLIP") -> str:
+def _maskclip_only(model) -> Optional[str]:
+    """Why only maskclip can hold this architecture, or None when open_clip and transformers layouts can."""
+    if getattr(model.config.vision, "stem", "patch") == "conv":
+        return "a convolutional patch stem (maskclip's `VisionConfig.stem = \"conv\"`), which their layouts have no keys for"
+    return None
+
+
+def _usage(repo: str, format: str, hf_class: Optional[str] = "CLIP", maskclip_only: Optional[str] = None) -> str:
     convert = ("This repo is in the `{layout}` layout, which {library} does not read. Write a copy it reads with "
                "`maskclip convert hf-hub:{repo} {folder}/ --format {library}`, then:")
     open_clip = ["```python", "import open_clip", "",
@@ -105,6 +113,9 @@ def _usage(repo: str, format: str, hf_class: Optional[str] = "CLIP") -> str:
              f'model = maskclip.load("hf-hub:{repo}")',
              'probs = model.classify("cat.jpg", ["a photo of a cat", "a photo of a dog"])  # [1, 2]',
              'patches = model.dense_features("cat.jpg")  # [1, E, h, w], for zero-shot segmentation', "```", ""]
+    if maskclip_only:
+        return "\n".join(lines + ["### open_clip and transformers", "",
+                                   f"Neither can hold this architecture: it has {maskclip_only}. Load it with maskclip.", ""])
     for library, snippet, hub_source in (("open_clip", open_clip, f"hf-hub:{repo}"),
                                          ("transformers", transformers, repo)):
         lines += [f"### {library}", ""]

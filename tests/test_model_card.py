@@ -55,7 +55,8 @@ def config_in(card_text: str) -> dict:
 
 @pytest.mark.parametrize("format", serialization.FORMATS)
 def test_push_to_hub_uploads_a_card_the_hub_reads_beside_a_checkpoint_maskclip_loads(hub, format):
-    model = maskclip.load("tiny-shapes")
+    model = tiny_model()  # a plain ViT, which every layout holds (the bundled tiny-shapes has a conv stem)
+    model.config.name = "tiny-shapes"  # a registered name: the card takes the registry's licence
     assert model.push_to_hub("org/tiny", format=format) == "commit-url"
     folder = uploaded(hub)
     card = ModelCard.load(folder / "README.md")
@@ -64,7 +65,7 @@ def test_push_to_hub_uploads_a_card_the_hub_reads_beside_a_checkpoint_maskclip_l
     assert {"maskclip", "clip"} <= set(card.data.tags)
     assert config_in(card.text) == model.config.to_dict()
     assert 'maskclip.load("hf-hub:org/tiny")' in card.text
-    x = torch.rand(2, 3, 32, 32)
+    x = torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(maskclip.load(folder).encode_image(x), model.encode_image(x), atol=1e-6, rtol=0)
 
 
@@ -132,3 +133,10 @@ def test_write_model_card_puts_a_readme_in_a_saved_folder_for_uploading_by_hand(
     assert ModelCard.load(path).data.library_name == "maskclip"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "open_clip_config.json",
                                                            "open_clip_model.safetensors"]
+
+
+def test_the_card_of_a_conv_stem_model_offers_no_conversion_open_clip_and_transformers_cannot_do():
+    card = model_card(tiny_model(stem="conv"), "org/c")
+    assert 'maskclip.load("hf-hub:org/c")' in card
+    assert "Neither can hold this architecture: it has a convolutional patch stem" in card
+    assert "--format open_clip" not in card and "CLIPModel" not in card
