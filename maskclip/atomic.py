@@ -25,6 +25,7 @@ def atomic_write(path, write: Callable[[str], None]) -> None:
     try:
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; a saved model gets the usual permissions
         write(tmp)
+        os.chmod(tmp, _FILE_MODE)  # again: a writer may replace the file (safetensors' save_file does)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

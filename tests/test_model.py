@@ -270,3 +270,17 @@ def test_architecture_configs_build_the_documented_shapes():
     assert cfg.vision.act == cfg.text.act == "gelu"
     with pytest.raises(ConfigError, match="vit-b-16"):
         maskclip.architecture_config("vit-b-61")
+
+
+def test_saved_files_get_the_usual_permissions_not_the_temp_files_0600(tmp_path):
+    import os
+
+    from conftest import tiny_model
+
+    old = os.umask(0o022)
+    try:
+        tiny_model().save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o644, name
