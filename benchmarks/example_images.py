@@ -13,8 +13,8 @@ import argparse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WANTED = [("red", "circle"), ("red", "square"), ("red", "triangle"), ("blue", "circle"), ("blue", "square"),
-          ("green", "triangle")]
+WANTED = [("red", "circle"), ("red", "square"), ("red", "triangle"), ("blue", "circle")]  # shapes within a colour,
+# colours within a shape
 
 
 def find(ds, colour: str, shape: str, start: int = 0, min_area: float = 0.08) -> int:

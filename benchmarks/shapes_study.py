@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -334,8 +336,11 @@ def write_results_doc(path: Path, table: str, meta: dict, curves: str = "", n_cu
     path.write_text(head + block + tail, encoding="utf-8")
 
 
-def bundle(best: str, out: Path) -> Path:
-    """Copy the chosen run's model, stored in fp16, into the package as tiny-shapes."""
+def bundle(best: str, out: Path, record: Optional[dict] = None) -> Path:
+    """Copy the chosen run's model, stored in fp16, into the package as tiny-shapes, and register its
+    sha256 (and a description of the run) in ``maskclip/resources/registry.json``."""
+    import hashlib
+
     import maskclip
     from maskclip.serialization import write_safetensors
 
@@ -346,7 +351,37 @@ def bundle(best: str, out: Path) -> Path:
     write_safetensors({k: v.half() for k, v in model.state_dict().items()}, target / "model.safetensors",
                       metadata={"source": f"benchmarks/shapes_study.py, run {best}"})
     model.config.to_json(target / "config.json")
+    digest = hashlib.sha256((target / "model.safetensors").read_bytes()).hexdigest()
+    registry = ROOT / "maskclip" / "resources" / "registry.json"
+    text = registry.read_text(encoding="utf-8")
+    entry = json.loads(text)["tiny-shapes"]
+    v = model.config.vision
+    recipe = (record or {}).get("recipe", "maskclip")
+    steps = (record or {}).get("steps")
+    recipe_text = {"clip": "CLIP recipe", "maskclip": "MaskCLIP recipe (soft prototype distillation loss)",
+                   "maskclip_cosine": "MaskCLIP recipe (cosine distillation loss)"}.get(recipe, f"{recipe} recipe")
+    description = (f"A {v.image_size} px ViT (patch {v.patch_size}, convolutional stem) trained by maskclip's "
+                   f"{recipe_text} on the synthetic shapes benchmark (generator version {model_version(out / best)})"
+                   + (f" for {steps} steps of batch {record.get('batch_size')}" if steps else "")
+                   + f", run {best} of benchmarks/shapes_study.py; bundled in the package, for the offline main job and "
+                   "the examples. It knows the benchmark's shapes and colours only.")
+    source = f"benchmarks/shapes_study.py --bundle, run {best} (docs/results.md)"
+    for key, value in (("sha256", digest), ("description", description), ("source", source)):
+        old = json.dumps(entry[key])
+        if text.count(old) != 1:
+            raise SystemExit(f"{registry}: the tiny-shapes {key} {old} is not there exactly once; update it by hand")
+        text = text.replace(old, json.dumps(value))
+    tmp = registry.with_name(f".{registry.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, registry)
     return target
+
+
+def model_version(run: Path) -> str:
+    """The synthetic generator version a run trained on (from its config's data spec)."""
+    cfg = json.loads((run / "config.json").read_text())
+    spec = cfg["data"][0]
+    return next((o.split("=")[1] for o in spec.split(",") if o.startswith("version=")), "1")
 
 
 def bundle_score(r: dict) -> float:
@@ -365,7 +400,7 @@ def maybe_bundle(name: str, record: dict, args) -> None:
     current = json.loads(marker.read_text()) if marker.is_file() else None
     if current is not None and current.get("score", -1.0) >= bundle_score(record):
         return
-    target = bundle(name, Path(args.out))
+    target = bundle(name, Path(args.out), record)
     write_json(marker, {"run": name, "score": round(bundle_score(record), 6), "criterion": bundle_score.__doc__,
                         "zeroshot_shape_top1": record["zeroshot_shape_top1"],
                         "zeroshot_shape_single_top1": record["zeroshot_shape_single_top1"],

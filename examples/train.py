@@ -21,5 +21,5 @@ summary = train(cfg, args.out, resume=False)     # checkpoints, metrics.jsonl an
 print(f"trained {summary['steps']} steps; model in {summary['model']}")
 
 model = maskclip.load(summary["model"])
-probs = model.classify(str(Path(__file__).parent / "images" / "red_circle.png"), ["a red circle", "a blue square", "a green triangle"])
+probs = model.classify(str(Path(__file__).parent / "images" / "red_circle.png"), ["a red circle", "a red square", "a red triangle", "a blue circle"])
 print("red_circle.png:", [f"{p:.2f}" for p in probs[0].tolist()])

@@ -13,7 +13,7 @@ parser.add_argument("images", nargs="*", default=sorted(str(p) for p in (HERE / 
 parser.add_argument("--model", default="tiny-shapes")
 args = parser.parse_args()
 
-labels = ["a red circle", "a blue square", "a green triangle"]
+labels = ["a red circle", "a red square", "a red triangle", "a blue circle"]
 model = maskclip.load(args.model)
 probs = model.classify(args.images, labels)  # [B, C], rows sum to 1
 
