@@ -306,20 +306,31 @@ def test_classify_cli_says_which_probabilities_it_printed(tmp_path, capsys):
 
 # --- tokenizers ----------------------------------------------------------------------------------
 
-def test_a_sentencepiece_tokenizer_is_read_from_the_checkpoint_folder_on_first_use(monkeypatch, cache, tmp_path):
-    seen = []
-
+def _fake_sentencepiece(monkeypatch, make_tokenizer, seen=None):
+    """``maskclip.spm_tokenizer`` replaced by a stand-in whose ``from_folder`` returns ``make_tokenizer()``."""
     class FakeSentencePiece:
         @classmethod
         def from_folder(cls, folder, context_length=None, open_clip_text_cfg=None):
-            seen.append((folder, context_length))
-            return _Ids()
+            if seen is not None:
+                seen.append((folder, context_length))
+            return make_tokenizer()
 
     monkeypatch.setitem(sys.modules, "maskclip.spm_tokenizer", types.SimpleNamespace(SentencePieceTokenizer=FakeSentencePiece))
+
+
+def _siglip_folder(tmp_path):
+    """An open_clip-layout folder of ``ODD_MAP`` with a SentencePiece tokenizer name and a stand-in tokenizer.json."""
     model_cfg = json.loads(json.dumps(ODD_MAP))
     model_cfg["text_cfg"]["hf_tokenizer_name"] = "timm/ViT-B-16-SigLIP2"
     folder = F.write_open_clip_folder(tmp_path / "oc", custom_text_clip(model_cfg), model_cfg)
     (folder / "tokenizer.json").write_text('{"model": "not read by the fake"}')
+    return folder, model_cfg
+
+
+def test_a_sentencepiece_tokenizer_is_read_from_the_checkpoint_folder_on_first_use(monkeypatch, cache, tmp_path):
+    seen = []
+    _fake_sentencepiece(monkeypatch, _Ids, seen)
+    folder, _ = _siglip_folder(tmp_path)
     F.write_hub_cache(cache, "org/siglip", folder)
     model = maskclip.load("hf-hub:org/siglip")
     assert seen == []  # nothing read at load
@@ -473,16 +484,8 @@ def test_fine_tuning_a_siglip_model_feeds_it_its_own_tokenizers_ids(monkeypatch,
             calls.append(len(texts))
             return super().__call__(texts, context_length, truncate)
 
-    class FakeSentencePiece:
-        @classmethod
-        def from_folder(cls, folder, context_length=None, open_clip_text_cfg=None):
-            return Recording()
-
-    monkeypatch.setitem(sys.modules, "maskclip.spm_tokenizer", types.SimpleNamespace(SentencePieceTokenizer=FakeSentencePiece))
-    model_cfg = json.loads(json.dumps(ODD_MAP))
-    model_cfg["text_cfg"]["hf_tokenizer_name"] = "timm/ViT-B-16-SigLIP2"
-    folder = F.write_open_clip_folder(tmp_path / "oc", custom_text_clip(model_cfg), model_cfg)
-    (folder / "tokenizer.json").write_text('{"model": "not read by the fake"}')
+    _fake_sentencepiece(monkeypatch, Recording)
+    folder, _ = _siglip_folder(tmp_path)
     shards = D.write_shards(tmp_path / "shards", D.make_items(16, size=40, seed=0), per_shard=8)
     cfg = TrainConfig.from_preset("tiny", "clip", {
         "data": shards, "samples_per_epoch": 16, "batch_size": 8, "steps": 2, "log_every": 1, "ckpt_every": 1000,
@@ -503,15 +506,12 @@ def test_onnx_export_of_a_siglip_model_pools_scores_and_tokenizes_as_siglip(tmp_
     pytest.importorskip("onnxscript")
     from maskclip import onnx_export
 
-    model_cfg = json.loads(json.dumps(ODD_MAP))
-    model_cfg["text_cfg"]["hf_tokenizer_name"] = "timm/ViT-B-16-SigLIP2"
-    folder = F.write_open_clip_folder(tmp_path / "oc", custom_text_clip(model_cfg), model_cfg)
-    (folder / "tokenizer.json").write_text('{"model": "a stand-in"}')
+    folder, model_cfg = _siglip_folder(tmp_path)
     model = maskclip.load(folder)
     out = onnx_export.export_onnx(model, tmp_path / "onnx")
     meta = json.loads((out / "onnx_config.json").read_text())
     assert "tokenizer.json" in meta["files"] and "vocab.json" not in meta["files"]
-    assert (out / "tokenizer.json").read_text() == '{"model": "a stand-in"}'
+    assert (out / "tokenizer.json").read_text() == '{"model": "not read by the fake"}'
     assert meta["text_encoder"]["inputs"]["input_ids"]["shape"] == ["batch", 16]
     assert "sigmoid" in meta["scores"] and meta["logit_bias"] == pytest.approx(model.logit_bias.item())
 
