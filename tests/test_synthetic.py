@@ -214,7 +214,7 @@ def test_setting_values_given_replace_the_versions():
     assert all(len(ds.scene(i).objects) == 1 for i in range(30))
 
 
-@pytest.mark.parametrize("kwargs", [{"version": 3}, {"version": "2"}, {"colour_free": 1.5}, {"size_scale": 0},
+@pytest.mark.parametrize("kwargs", [{"version": 4}, {"version": "2"}, {"colour_free": 1.5}, {"size_scale": 0},
                                     {"objects": (2, 1)}, {"objects": (0, 2)}, {"objects": 2}])
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(InputError):
@@ -228,3 +228,19 @@ def test_a_spec_names_the_version_and_its_settings():
     assert ds.version == 2 and ds.setting == {"colour_free": 0.25, "size_scale": 1.2, "object_counts": [0.5, 0.5, 0.0]}
     with pytest.raises(InputError):
         parse_spec("synthetic:train,colour_free=half")
+
+
+def test_version_3_draws_version_2s_images_with_fewer_colour_words():
+    """The study's version 3 changes only the captions' colour-free share (0.5 -> 0.9), not the images."""
+    v2, v3 = (SyntheticShapes("train", size=32, n=40, version=v) for v in (2, 3))
+    assert v3.setting["colour_free"] == 0.9 and v2.setting["colour_free"] == 0.5
+    assert {k: v for k, v in v3.setting.items() if k != "colour_free"} == \
+        {k: v for k, v in v2.setting.items() if k != "colour_free"}
+    colours = set(COLOURS)
+    words = {2: 0, 3: 0}
+    for i in range(40):
+        a, b = v2[i], v3[i]
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and np.array_equal(a.mask, b.mask)
+        for version, sample in ((2, a), (3, b)):
+            words[version] += sum(w in colours for c in sample.captions for w in c.split())
+    assert words[3] < words[2] / 2
