@@ -76,7 +76,7 @@ def test_probe_beats_the_majority_baseline_on_the_synthetic_benchmark(model):
     r = segmentation_probe(model, train, val, size=64, weight_decay=1e-3, max_iter=60, patches_per_image=48,
                            progress=False)
     assert r["n_train_patches"] == 24 * 48 and r["protocol"]["patches_per_image"] == 48
-    assert r["miou"] > majority_miou(val) + 0.03  # measured 0.201 against 0.101 (64 px, an 8 x 8 grid)
+    assert r["miou"] > majority_miou(val) + 0.03  # measured 0.178 against 0.101 (64 px, an 8 x 8 grid)
 
 
 def test_probe_refuses_mismatched_classes_and_bad_arguments(model):
