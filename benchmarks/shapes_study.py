@@ -361,7 +361,7 @@ def bundle(best: str, out: Path, record: Optional[dict] = None) -> Path:
     recipe_text = {"clip": "CLIP recipe", "maskclip": "MaskCLIP recipe (soft prototype distillation loss)",
                    "maskclip_cosine": "MaskCLIP recipe (cosine distillation loss)"}.get(recipe, f"{recipe} recipe")
     description = (f"A {v.image_size} px ViT (patch {v.patch_size}, convolutional stem) trained by maskclip's "
-                   f"{recipe_text} on the synthetic shapes benchmark (generator version {model_version(out / best)})"
+                   f"{recipe_text} on the synthetic shapes benchmark (generator version {(record or {}).get('setting', {}).get('version', '?')})"
                    + (f" for {steps} steps of batch {record.get('batch_size')}" if steps else "")
                    + f", run {best} of benchmarks/shapes_study.py; bundled in the package, for the offline main job and "
                    "the examples. It knows the benchmark's shapes and colours only.")
@@ -375,13 +375,6 @@ def bundle(best: str, out: Path, record: Optional[dict] = None) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, registry)
     return target
-
-
-def model_version(run: Path) -> str:
-    """The synthetic generator version a run trained on (from its config's data spec)."""
-    cfg = json.loads((run / "config.json").read_text())
-    spec = cfg["data"][0]
-    return next((o.split("=")[1] for o in spec.split(",") if o.startswith("version=")), "1")
 
 
 def bundle_score(r: dict) -> float:

@@ -140,6 +140,12 @@ class TextConfig:
     hf_tokenizer_name: Optional[str] = None
     tokenizer_kwargs: Optional[Dict[str, Any]] = None
 
+    @property
+    def padding_invariant(self) -> bool:
+        """True when positions after the end of text cannot change the pooled output (causal, pooled at
+        end of text): the tower may stop at a batch's longest text, an export may take any length."""
+        return self.causal and self.pool == "argmax"
+
     def validate(self) -> None:
         _positive(self, "context_length", "vocab_size", "width", "layers", "heads")
         _flags(self, "causal", "proj_bias")

@@ -94,7 +94,7 @@ def _transformers_class(model) -> Optional[str]:
 
 def _maskclip_only(model) -> Optional[str]:
     """Why only maskclip can hold this architecture, or None when open_clip and transformers layouts can."""
-    if getattr(model.config.vision, "stem", "patch") == "conv":
+    if model.config.vision.stem == "conv":
         return "a convolutional patch stem (maskclip's `VisionConfig.stem = \"conv\"`), which their layouts have no keys for"
     return None
 

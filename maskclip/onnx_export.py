@@ -72,11 +72,6 @@ class TextEncoder(nn.Module):
         return self.text.pool(input_ids, self.text.forward_embeddings(self.text.token_embedding(input_ids)))
 
 
-def dynamic_text_length(text_cfg) -> bool:
-    """True when a text's padding cannot change its embedding (causal attention, pooled at end of text)."""
-    return text_cfg.causal and text_cfg.pool == "argmax"
-
-
 def export_onnx(model, out_dir, opset: Optional[int] = None) -> Path:
     """Write ``model``'s encoders, its tokenizer and ``onnx_config.json`` to ``out_dir`` (see the module doc).
 
@@ -122,7 +117,7 @@ def _export_programs(model, opset: Optional[int]):
     size, context = model.config.preprocess.image_size, model.config.text.context_length
     batch = torch.export.Dim("batch", min=1)
     text_dims = {0: batch}
-    if dynamic_text_length(model.config.text):
+    if model.config.text.padding_invariant:
         text_dims[1] = torch.export.Dim("length", min=2, max=context)
     # Examples of batch 2, as torch.export specialises a dimension whose example is 0 or 1; ids
     # within any vocabulary (the graph does not depend on their values).
@@ -179,7 +174,7 @@ def onnx_config(model, opset: int, files: list) -> Dict:
         "text_encoder": {
             "file": TEXT_FILE,
             "inputs": {"input_ids": {"dtype": "int64", "max_length": cfg.text.context_length,
-                                     "shape": ["batch", "length" if dynamic_text_length(cfg.text) else cfg.text.context_length]}},
+                                     "shape": ["batch", "length" if cfg.text.padding_invariant else cfg.text.context_length]}},
             "outputs": {"text_embeds": {"dtype": "float32", "shape": ["batch", embed]}},
         },
         "normalized": False,

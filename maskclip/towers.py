@@ -177,10 +177,6 @@ class TextTower(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.text_projection, std=w ** -0.5)
 
-    def _truncates(self) -> bool:
-        """True when positions after the last end-of-text token cannot change the pooled output."""
-        return self.cfg.causal and self.cfg.pool == "argmax"
-
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids ``[B, L]`` -> hidden states ``[B, L', width]`` before ``ln_final``.
 
@@ -189,7 +185,7 @@ class TextTower(nn.Module):
         pooled output, so this is exact and saves most of the work on short prompts. Other
         towers (SigLIP's: full attention, the last position pooled) compute all ``L``.
         """
-        n = causal_len(tokens) if self._truncates() else tokens.shape[1]
+        n = causal_len(tokens) if self.cfg.padding_invariant else tokens.shape[1]
         return self.forward_embeddings(self.token_embedding(tokens[:, :n]))
 
     def forward_embeddings(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,7 +207,7 @@ class TextTower(nn.Module):
         in input order: the same result as one batch, with less padding computed.
         """
         min_size, max_size = BUCKET_SIZES.get(tokens.device.type, DEFAULT_BUCKET_SIZES)
-        if tokens.shape[0] <= min_size or not self._truncates():
+        if tokens.shape[0] <= min_size or not self.cfg.padding_invariant:
             return self.forward_batch(tokens)
         buckets = length_buckets(tokens.argmax(dim=-1), min_size, max_size)
         order = torch.cat(buckets)
@@ -243,7 +239,7 @@ class TextTower(nn.Module):
         buckets), or just the list.
         """
         take = take_indices(len(self.transformer.resblocks), indices)
-        n = causal_len(tokens) if self._truncates() else tokens.shape[1]
+        n = causal_len(tokens) if self.cfg.padding_invariant else tokens.shape[1]
         x = self._add_positions(self.token_embedding(tokens[:, :n]))
         x, outs = self.transformer.forward_intermediates(
             x, take, causal=self.cfg.causal, stop=take[-1] + 1 if intermediates_only else None)

@@ -148,7 +148,7 @@ def encode_masked(visual: VisionTower, images: torch.Tensor, mask: Optional[Mask
     few pixels into its neighbours' patches, so the hidden patches' pixels are set to 0 (the
     normalised mean) before the stem: what the student is asked about stays hidden from it.
     """
-    if mask is not None and getattr(getattr(visual, "cfg", None), "stem", "patch") == "conv":
+    if mask is not None and visual.cfg.stem == "conv":
         images = hide_patches(images, mask.mask, visual.cfg.patch_size)
     patches, grid = visual.patchify(images)
     if mask is not None and mode == "token":

@@ -436,5 +436,5 @@ def _check_tower(model: MaskCLIP, cfg: TrainConfig) -> None:
     if needs:
         raise ConfigError(
             f"{' and '.join(needs)} need maskclip's own ViT image tower; this model's is a timm tower "
-            f"({getattr(model.config.vision, 'timm_model_name', None) or type(model.visual).__name__}), which "
+            f"({model.config.vision.timm_model_name or type(model.visual).__name__}), which "
             "trains with recipe 'clip' (loss=clip or loss=siglip) and patch_dropout=0")
