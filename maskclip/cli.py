@@ -164,15 +164,16 @@ def cmd_segment(args) -> None:
         print(f"  {c / total:7.2%}  {label}")
 
 
-def _segment_method(args) -> str:
-    """``segment``'s method from ``--method`` / ``--proxy`` / ``--sfr``, checked before a model is loaded."""
+def _segment_method(args) -> Optional[str]:
+    """``segment``'s method from ``--method`` / ``--proxy`` / ``--sfr``, checked before a model is loaded
+    (``None``: the model's default, ``dense.default_method``)."""
     if args.proxy is not None:
         if args.method is not None:
             raise CLIError(f"--proxy runs ProxyCLIP (the proxy's attention over CLIP's values) instead of a "
                            f"--method; give one of them, not both (got --method {args.method})")
         method = "proxyclip"
     else:
-        method = args.method or "clearclip"
+        method = args.method
     if args.sfr and method != "resclip":
         raise CLIError(f"--sfr (ResCLIP's semantic feedback refinement) needs --method resclip; got {method}")
     return method
@@ -290,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(sp)
     sp.add_argument("--out", required=True, help="overlay image path (.png, .jpg, .webp)")
     sp.add_argument("--method", type=dense.canonical_name, choices=dense.METHODS,
-                    help=f"dense method (default clearclip; also accepted: {dense.ALIASES})")
+                    help=f"dense method (default clearclip, vanilla for ConvNeXt towers; also accepted: {dense.ALIASES})")
     sp.add_argument("--refine", choices=refine.REFINEMENTS, help="post-process the scores with the image "
                                                                  "(pamr: 10 iterations, dilations 8 and 16)")
     sp.add_argument("--proxy", metavar="NAME",

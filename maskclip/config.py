@@ -28,11 +28,16 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")
 STEMS = ("patch", "conv")  # image tower stems (maskclip.stem)
 # open_clip's pooling and projection of a timm image tower (``vision_cfg.timm_pool`` / ``timm_proj``).
+# ConvNeXt towers take "avg" or "" (open_clip's "": the network's own pooling, average for ConvNeXt).
 TIMM_POOLS = ("map", "token", "avg")
+TIMM_CONV_POOLS = ("", "avg")
 TIMM_PROJS = ("linear", "mlp", "none", None)
 # timm models maskclip builds as image towers (``maskclip.timm_vision``): the ViT and EVA blocks whose
-# attention it knows. "test_vit*" are timm's tiny test configs (reg tokens, layer scale, MAP over prefix tokens).
-SUPPORTED_TIMM_MODELS = ("vit_*_siglip_*", "eva02_*_clip_*", "test_vit", "test_vit2", "test_vit3")
+# attention it knows, and ConvNeXt (``maskclip.timm_conv``: open_clip's convnext_* CLIPs).
+# "test_vit*" are timm's tiny test configs (reg tokens, layer scale, MAP over prefix tokens).
+SUPPORTED_TIMM_MODELS = ("vit_*_siglip_*", "eva02_*_clip_*", "convnext_*", "test_vit", "test_vit2", "test_vit3",
+                         "test_convnext*")
+TIMM_CONV_MODELS = ("convnext_*", "test_convnext*")  # the convolutional ones among them
 # Activations a timm ViT tower takes as ``act_layer`` instead of its own (VisionConfig.act names -> timm's).
 TIMM_ACTS = {"gelu_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
 
@@ -105,10 +110,11 @@ class VisionConfig:
         if self.stem != "patch":
             raise ConfigError(f"vision stem {self.stem!r} is for maskclip's own ViT; a timm image tower "
                               f"({self.timm_model_name!r}) has its own patch embedding")
-        _choice("vision timm_pool", self.timm_pool, TIMM_POOLS)
+        conv = is_timm_conv(self.timm_model_name)
+        check_timm_pool(self.timm_model_name, self.timm_pool)
         _choice("vision timm_proj", self.timm_proj, TIMM_PROJS)
         _flags(self, "timm_proj_bias")
-        if self.act != "gelu" and (self.timm_model_name.startswith("eva") or self.act not in TIMM_ACTS):
+        if self.act != "gelu" and (conv or self.timm_model_name.startswith("eva") or self.act not in TIMM_ACTS):
             raise ConfigError(f"vision act {self.act!r} is not available for the timm image tower "
                               f"{self.timm_model_name!r}: 'gelu' (its own activation), or for ViT towers "
                               f"{list(TIMM_ACTS)} (timm's act_layer)")
@@ -258,7 +264,18 @@ def check_timm_model_name(name) -> None:
     """``ConfigError`` unless ``name`` matches one of ``SUPPORTED_TIMM_MODELS`` (checked without importing timm)."""
     if not isinstance(name, str) or not any(fnmatch(name, p) for p in SUPPORTED_TIMM_MODELS):
         raise ConfigError(f"the timm image tower {name!r} is not supported by maskclip; supported timm models: "
-                          f"{list(SUPPORTED_TIMM_MODELS)} (SigLIP / SigLIP2 ViTs, EVA02-CLIP)")
+                          f"{list(SUPPORTED_TIMM_MODELS)} (SigLIP / SigLIP2 ViTs, EVA02-CLIP, ConvNeXt)")
+
+
+def check_timm_pool(name: str, pool) -> None:
+    """``ConfigError`` unless ``pool`` is a pooling the timm tower ``name`` takes (ViT: ``TIMM_POOLS``,
+    ConvNeXt: ``TIMM_CONV_POOLS``)."""
+    _choice(f"vision timm_pool of {name!r}", pool, TIMM_CONV_POOLS if is_timm_conv(name) else TIMM_POOLS)
+
+
+def is_timm_conv(name: Optional[str]) -> bool:
+    """True for a timm tower that is a ConvNeXt (``maskclip.timm_conv``), False for ViTs and maskclip's own."""
+    return isinstance(name, str) and any(fnmatch(name, p) for p in TIMM_CONV_MODELS)
 
 
 def _build(cls, d, where, **extra):

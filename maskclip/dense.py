@@ -5,7 +5,8 @@ last block (ResCLIP also keeps the attention maps of some earlier blocks), and f
 ``ln_post`` and the projection to every patch token (the class token is dropped). timm towers
 (SigLIP, EVA02: ``maskclip.timm_vision``) run the same code on views of their blocks (q/k norms,
 rotary embedding, layer scale included), with their prefix tokens dropped and their own head per
-patch (SigLIP's attention pool in its per-patch form).
+patch (SigLIP's attention pool in its per-patch form). ConvNeXt towers (``maskclip.timm_conv``) have no
+attention: only ``vanilla``, their last stage's feature map through the head at every location.
 
 - ``vanilla``: the last block as is (the same per-token computation as the pooled path).
 - ``zhou`` (Zhou, Loy and Dai, "Extract Free Dense Labels from CLIP", ECCV 2022, which calls it
@@ -68,12 +69,26 @@ def canonical_name(method):
     return ALIASES.get(method, method) if isinstance(method, str) else method
 
 
-def resolve_method(method) -> str:
-    """A dense method name or alias -> its name in ``METHODS`` or ``PROXY_METHODS``; else ``InputError``."""
+def resolve_method(method, visual=None) -> str:
+    """A dense method name or alias -> its name in ``METHODS`` or ``PROXY_METHODS``; else ``InputError``.
+
+    With ``visual`` (an image tower), also ``InputError`` for a method the tower cannot run: a tower
+    with ``dense_methods`` (ConvNeXt: ``vanilla`` only) runs only those.
+    """
     name = canonical_name(method)
     if name not in METHODS and name not in PROXY_METHODS:
         raise InputError(f"dense method must be one of {list(METHODS + PROXY_METHODS)}; got {method!r}")
+    allowed = getattr(visual, "dense_methods", None)
+    if allowed is not None and name not in allowed:
+        raise InputError(f"the image tower {visual.cfg.timm_model_name!r} has no attention for the dense method "
+                         f"{method!r} to change; its dense methods: {list(allowed)}")
     return name
+
+
+def default_method(visual) -> str:
+    """``segment``'s default dense method for an image tower: ``clearclip``, or a tower's only method."""
+    allowed = getattr(visual, "dense_methods", None)
+    return "clearclip" if allowed is None else allowed[0]
 
 
 def neighbourhood_bias(grid: Tuple[int, int], std: float, dtype: torch.dtype, device, prefix: int = 1) -> torch.Tensor:
@@ -195,8 +210,11 @@ def dense_features(visual: VisionTower, x: torch.Tensor, method: str = "vanilla"
     ``method`` must be a name in ``METHODS`` (``resolve_method`` turns user input into one):
     inputs are checked by the public ``DualEncoder.dense_features``, not again here.
     ``proxyclip`` needs ``proxy`` and returns features on the proxy's grid ``[B, E, h, w]``.
-    ``visual``: a ``VisionTower`` or a ``maskclip.timm_vision.TimmVisionTower`` (same interface).
+    ``visual``: a ``VisionTower`` or a ``maskclip.timm_vision.TimmVisionTower`` (same interface), or a
+    ``maskclip.timm_conv.TimmConvTower`` (``vanilla`` only: its per-location feature map).
     """
+    if hasattr(visual, "feature_map"):
+        return visual.feature_map(x)
     prefix, depth = visual.num_prefix_tokens, visual.cfg.layers
     if method == "resclip":
         tokens, (gh, gw), rcs = rcs_tokens(visual, x)

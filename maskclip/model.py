@@ -19,7 +19,7 @@ from torch import nn
 
 from . import dense, refine as refinement, resclip_sfr, segmentation, serialization, transforms, zero_shot
 from .proxy import DEFAULT_PROXY, Proxy
-from .config import ModelConfig
+from .config import ModelConfig, is_timm_conv
 from .errors import InputError, InputTypeError
 from .tokenizer import get_tokenizer
 from .towers import TextTower, VisionTower
@@ -45,8 +45,12 @@ class DualEncoder(nn.Module):
         self.config = config.validate()
         if config.vision.timm_model_name is None:
             self.visual = VisionTower(config.vision, config.embed_dim)
+        elif is_timm_conv(config.vision.timm_model_name):
+            from .timm_conv import TimmConvTower  # imports timm (and torchvision) only for these towers
+
+            self.visual = TimmConvTower(config.vision, config.embed_dim)
         else:
-            from .timm_vision import TimmVisionTower  # imports timm (and torchvision) only for these towers
+            from .timm_vision import TimmVisionTower
 
             self.visual = TimmVisionTower(config.vision, config.embed_dim)
         self.text = TextTower(config.text, config.embed_dim)
@@ -224,7 +228,7 @@ class DualEncoder(nn.Module):
         on first use, then kept by this model), a ``maskclip.proxy.Proxy`` or a timm ViT; default
         ``dino_vitb8``. ``proxyclip``'s features are on the proxy's patch grid.
         """
-        method = dense.resolve_method(method)
+        method = dense.resolve_method(method, self.visual)
         proxy = self._check_proxy(method, proxy)
         feats = self._dense_features(self.image_batch(images, size=image_size), method, proxy)
         return F.normalize(feats, dim=1) if normalize else feats
@@ -316,14 +320,15 @@ class DualEncoder(nn.Module):
         return zero_shot.probabilities(feats, classifier, self.logit_scale, self.logit_bias)
 
     @torch.no_grad()
-    def segment(self, image, labels: Sequence[str], templates=None, method: str = "clearclip",
+    def segment(self, image, labels: Sequence[str], templates=None, method: Optional[str] = None,
                 size: Optional[int] = None, window: Optional[int] = None, stride: Optional[int] = None,
                 return_scores: bool = False, refine: Optional[str] = None, proxy=None, sfr: bool = False):
         """One image and labels -> ``LongTensor[H, W]``, the label index of every input pixel.
 
         The shorter side is resized to ``size`` (default: the model's image size); with
         ``window`` the features are computed in sliding windows (``stride`` default window/2).
-        ``method`` and ``proxy`` as in ``dense_features``. ``refine="pamr"`` post-processes the scores with the
+        ``method`` and ``proxy`` as in ``dense_features``; default ``clearclip`` (``vanilla`` for a ConvNeXt
+        tower, its only method: ``dense.default_method``). ``refine="pamr"`` post-processes the scores with the
         image (``maskclip.refine.pamr``: 10 iterations, dilations 8 and 16). ``sfr=True`` (``resclip``
         only) adds ResCLIP's semantic feedback refinement (``maskclip.resclip_sfr``). ``return_scores=True``
         also returns the (refined) cosine scores ``[C, H, W]``.
@@ -331,7 +336,7 @@ class DualEncoder(nn.Module):
         labels = zero_shot.check_labels(labels)
         x, out_size = transforms.segmentation_input(image, self.config.preprocess, size=size)
         templates = zero_shot.resolve_templates(templates)
-        method = dense.resolve_method(method)
+        method = dense.resolve_method(dense.default_method(self.visual) if method is None else method, self.visual)
         window, stride = segmentation.check_window(window, stride, self.config.vision.patch_size)
         refine = refinement.check_refine(refine)
         proxy = self._check_proxy(method, proxy)

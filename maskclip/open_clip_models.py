@@ -3,7 +3,7 @@
 ``maskclip/resources/open_clip_models.json`` lists the names maskclip builds, each with the Hub
 repo open_clip downloads it from, the activation its weights were trained with and its
 preprocessing family; ``hub.load`` resolves them. A name of an open_clip family maskclip cannot
-build (ResNets, ConvNeXt, CoCa, MobileCLIP, ...) is refused with what it can build.
+build (ResNets, CoCa, MobileCLIP, ViTamin, ...) is refused with what it can build.
 """
 from __future__ import annotations
 
@@ -47,5 +47,5 @@ def open_clip_entry(name: str) -> Optional[dict]:
     why = next((reason for key, reason in _data()["unsupported"].items() if key.lower() in arch.lower()), None)
     family = f" ({why} are not supported)" if why else ""
     raise ModelNotFoundError(f"the open_clip model {name!r} cannot be built by maskclip{family}. maskclip builds "
-                             f"these open_clip names: {open_clip_names()} (ViT towers: OpenAI-style CLIP ViTs, "
-                             f"SigLIP, SigLIP2, EVA02-CLIP); for a Hub repo write 'hf-hub:{name}'")
+                             f"these open_clip names: {open_clip_names()} (OpenAI-style CLIP ViTs, "
+                             f"SigLIP, SigLIP2, EVA02-CLIP, ConvNeXt); for a Hub repo write 'hf-hub:{name}'")

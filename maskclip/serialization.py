@@ -25,8 +25,8 @@ from safetensors.torch import save_file
 
 from . import convert
 from .atomic import atomic_write, atomic_write_text
-from .config import CONFIG_TYPE, FORMATS, ModelConfig
-from .errors import InputError, ModelNotFoundError, WeightsError
+from .config import CONFIG_TYPE, FORMATS, ModelConfig, is_timm_conv
+from .errors import ConfigError, InputError, ModelNotFoundError, WeightsError
 from .file_readers import read_json, read_safetensors
 
 StateDict = Dict[str, torch.Tensor]
@@ -190,6 +190,9 @@ def save_pretrained(model, path, format: str = "maskclip") -> Path:
 
 def _transformers_files(config: ModelConfig, sd: StateDict) -> Tuple[StateDict, Dict[str, dict]]:
     """A timm (SigLIP) tower as ``SiglipModel``, else ``CLIPModel``: (state dict, {file name: JSON})."""
+    if is_timm_conv(config.vision.timm_model_name):
+        raise ConfigError(f"transformers has no CLIP model class with a ConvNeXt image tower "
+                          f"({config.vision.timm_model_name!r}); save it as format='maskclip' or 'open_clip'")
     if config.vision.timm_model_name is not None:
         hf_config, hf_sd, preprocessor = convert.to_siglip_transformers(config, sd)
     else:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import SUPPORTED_TIMM_MODELS, TIMM_ACTS, VisionConfig, check_timm_model_name
+from .config import SUPPORTED_TIMM_MODELS, TIMM_ACTS, VisionConfig, check_timm_model_name, is_timm_conv
 from .errors import ConfigError, InputError
 from .layers import Linear, take_indices
 
@@ -44,16 +44,21 @@ def create_trunk(cfg: VisionConfig, embed_dim: int) -> Tuple[nn.Module, nn.Seque
     from timm.layers import Mlp
 
     check_timm_model_name(cfg.timm_model_name)
+    conv = is_timm_conv(cfg.timm_model_name)
     extra_proj = cfg.timm_proj in ("linear", "mlp")
-    kwargs = dict(pretrained=False, dynamic_img_size=True)
+    kwargs = dict(pretrained=False)
+    if not conv:  # ViTs take any input size; ConvNeXt does anyway
+        kwargs["dynamic_img_size"] = True
     if cfg.act in TIMM_ACTS:  # every block's MLP and the MAP head's
         kwargs["act_layer"] = TIMM_ACTS[cfg.act]
     if extra_proj:
         trunk = timm.create_model(cfg.timm_model_name, **kwargs)
-        trunk.reset_classifier(0, global_pool=cfg.timm_pool)
+        # open_clip's rule: an empty timm_pool keeps the network's own pooling
+        trunk.reset_classifier(0, **({"global_pool": cfg.timm_pool} if cfg.timm_pool else {}))
     else:
         num_classes = 0 if cfg.timm_proj == "none" else embed_dim
-        trunk = timm.create_model(cfg.timm_model_name, num_classes=num_classes, global_pool=cfg.timm_pool, **kwargs)
+        pool = {"global_pool": cfg.timm_pool} if cfg.timm_pool or not conv else {}
+        trunk = timm.create_model(cfg.timm_model_name, num_classes=num_classes, **pool, **kwargs)
     layers = OrderedDict()
     if cfg.timm_proj == "linear":
         layers["proj"] = nn.Linear(trunk.num_features, embed_dim, bias=cfg.timm_proj_bias)
@@ -62,15 +67,31 @@ def create_trunk(cfg: VisionConfig, embed_dim: int) -> Tuple[nn.Module, nn.Seque
     return trunk, nn.Sequential(layers)
 
 
+def trunk_shape(trunk: nn.Module) -> Tuple[int, int, int, int, float]:
+    """``(patch_size, width, layers, heads, mlp_ratio)`` of a timm trunk, as ``VisionConfig`` describes it.
+
+    ViT / EVA: patch size, token width, blocks, heads, the MLP's hidden width over the token width.
+    ConvNeXt: its total stride (32), the last stage's channels, all stages' blocks, ``heads`` 1 (it has
+    no attention), the last block's MLP ratio.
+    """
+    if hasattr(trunk, "stages"):  # ConvNeXt
+        width = trunk.num_features
+        mlp = trunk.stages[-1].blocks[-1].mlp
+        hidden = getattr(mlp.fc1, "out_features", None) or mlp.fc1.out_channels  # Linear, or 1x1 conv (conv_mlp)
+        return (trunk.feature_info[-1]["reduction"], width, sum(len(s.blocks) for s in trunk.stages), 1,
+                hidden / width)
+    block, width = trunk.blocks[0], trunk.embed_dim
+    # fc2's input is the hidden width in timm's Mlp, GluMlp and SwiGLU (EVA02) alike
+    return trunk.patch_embed.patch_size[0], width, len(trunk.blocks), block.attn.num_heads, block.mlp.fc2.in_features / width
+
+
 def describe(cfg: VisionConfig, embed_dim: int) -> VisionConfig:
     """``cfg`` with ``patch_size``, ``width``, ``layers``, ``heads`` and ``mlp_ratio`` read from its timm
     model (built on the meta device: no memory, no random numbers)."""
     with torch.device("meta"):
         trunk, _ = create_trunk(cfg, embed_dim)
-    block, width = trunk.blocks[0], trunk.embed_dim
-    # fc2's input is the hidden width in timm's Mlp, GluMlp and SwiGLU (EVA02) alike
-    return replace(cfg, patch_size=trunk.patch_embed.patch_size[0], width=width, layers=len(trunk.blocks),
-                   heads=block.attn.num_heads, mlp_ratio=block.mlp.fc2.in_features / width)
+    patch, width, layers, heads, ratio = trunk_shape(trunk)
+    return replace(cfg, patch_size=patch, width=width, layers=layers, heads=heads, mlp_ratio=ratio)
 
 
 class _AttentionView:
@@ -120,9 +141,9 @@ class BlockView:
         return self.block(x) if self.rope is None else self.block(x, rope=self.rope)
 
 
-def _check_described(cfg: VisionConfig, trunk: nn.Module) -> None:
+def check_described(cfg: VisionConfig, trunk: nn.Module) -> None:
     """``ConfigError`` unless ``cfg``'s shape fields are those of its timm model (the rest of maskclip reads them)."""
-    want = (trunk.patch_embed.patch_size[0], trunk.embed_dim, len(trunk.blocks), trunk.blocks[0].attn.num_heads)
+    want = trunk_shape(trunk)[:4]
     got = (cfg.patch_size, cfg.width, cfg.layers, cfg.heads)
     if got != want:
         raise ConfigError(f"vision config (patch_size, width, layers, heads) = {got} does not describe the timm model "
@@ -130,7 +151,7 @@ def _check_described(cfg: VisionConfig, trunk: nn.Module) -> None:
                           "maskclip.timm_vision.describe(vision_config, embed_dim)")
 
 
-def _use_maskclip_linears(module: nn.Module) -> None:
+def use_maskclip_linears(module: nn.Module) -> None:
     """Replace every plain ``nn.Linear`` under ``module`` by a ``maskclip.layers.Linear`` holding the same
     parameters: same names and state dict, oneDNN's kernel in fp32 CPU inference (``layers._use_onednn``)."""
     for parent in list(module.modules()):
@@ -157,8 +178,8 @@ class TimmVisionTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.trunk, self.head = create_trunk(cfg, embed_dim)
-        _check_described(cfg, self.trunk)
-        _use_maskclip_linears(self)
+        check_described(cfg, self.trunk)
+        use_maskclip_linears(self)
         self.num_prefix_tokens = self.trunk.num_prefix_tokens
         for block in self.trunk.blocks:  # pre-norm blocks only: BlockView runs x + attn(norm1 x), x + mlp(norm2 x)
             if type(block).__name__ not in _BLOCKS or getattr(block.attn, "gate", None) is not None:

@@ -432,19 +432,20 @@ def test_every_short_name_of_an_open_clip_model_names_a_known_one():
 
     short = {n: maskclip.hub.model_info(n)["open_clip"] for n in maskclip.available_models()
              if maskclip.hub.model_info(n).get("open_clip")}
-    assert set(short) == {"siglip2-vitb16", "siglip-vitb16", "eva02-vitb16", "dfn2b-vitb16", "metaclip-vitb16"}
+    assert set(short) == {"siglip2-vitb16", "siglip-vitb16", "eva02-vitb16", "dfn2b-vitb16", "metaclip-vitb16",
+                          "laion2b-convnext-base-w"}
     for name, oc_name in short.items():
         assert open_clip_entry(oc_name)["repo"] == maskclip.hub.model_info(name)["repo"]
 
 
-@pytest.mark.parametrize("name", ["convnext_base_w/laion2b_s13b_b82k", "coca_ViT-B-32/laion2b_s13b_b90k",
+@pytest.mark.parametrize("name", ["ViTamin-B/datacomp1b", "coca_ViT-B-32/laion2b_s13b_b90k",
                                   "MobileCLIP-S1/datacompdr", "RN50/openai", "ViT-B-16-SigLIP2/nope"])
 def test_an_open_clip_name_maskclip_cannot_build_is_refused_with_what_it_can_build(name):
     with pytest.raises(ModelNotFoundError, match="ViT-B-16-SigLIP2/webli"):
         maskclip.load(name)
 
 
-@pytest.mark.parametrize("timm_name", ["convnext_base", "vit_base_patch16_224", "vit_base_patch16_rope_224"])
+@pytest.mark.parametrize("timm_name", ["convnextv2_base", "vit_base_patch16_224", "vit_base_patch16_rope_224"])
 def test_an_unsupported_timm_tower_is_refused_naming_it_and_listing_the_supported_ones(timm_name):
     model_cfg = json.loads(json.dumps(ODD_MAP))
     model_cfg["vision_cfg"]["timm_model_name"] = timm_name
@@ -453,7 +454,7 @@ def test_an_unsupported_timm_tower_is_refused_naming_it_and_listing_the_supporte
     assert all(p in str(err.value) for p in SUPPORTED_TIMM_MODELS)
 
 
-@pytest.mark.parametrize("name", ["coca_ViT-B-32", "RN50", "convnext_base", "MobileCLIP-S1", "xlm-roberta-base-ViT-B-32"])
+@pytest.mark.parametrize("name", ["coca_ViT-B-32", "RN50", "ViTamin-B", "MobileCLIP-S1", "xlm-roberta-base-ViT-B-32"])
 def test_an_open_clip_family_maskclip_cannot_build_is_refused_listing_what_it_builds(name):
     cfg = open_clip.get_model_config(name)
     with pytest.raises(ConfigError) as err:

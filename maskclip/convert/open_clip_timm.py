@@ -1,4 +1,4 @@
-"""open_clip's models with a timm image tower (SigLIP, SigLIP2, EVA02-CLIP): config fields and weights.
+"""open_clip's models with a timm image tower (SigLIP, SigLIP2, EVA02-CLIP, ConvNeXt): config fields and weights.
 
 open_clip builds them as ``CustomTextCLIP``: ``visual.trunk.*`` (the timm model) and
 ``visual.head.*`` (its extra projection) are kept as they are (``maskclip.timm_vision`` uses the
@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping
 import torch
 
 from .. import resources
-from ..config import ModelConfig, PreprocessConfig, VisionConfig, check_timm_model_name
+from ..config import ModelConfig, PreprocessConfig, VisionConfig, check_timm_model_name, check_timm_pool
 from ..errors import ConfigError, WeightsError
 from ..timm_vision import describe
 from .infer import square_size
@@ -27,7 +27,7 @@ _TIMM_VISION_FIELDS = {
     "layers": "ignore", "width": "ignore", "patch_size": "ignore", "head_width": "ignore", "mlp_ratio": "ignore",
     "output_tokens": "ignore",
 }
-_POOLS = {"map": "map", "token": "token", "avg": "avg"}
+_POOLS = {"map": "map", "token": "token", "avg": "avg", "": ""}  # "": the network's own (ConvNeXt only)
 _PROJS = {"linear": "linear", "mlp": "mlp", "none": "none", None: None, "": None}
 
 
@@ -50,6 +50,10 @@ def timm_vision_config(cfg: Mapping[str, Any], embed_dim: int) -> VisionConfig:
     if proj not in _PROJS:
         raise ConfigError(f"open_clip vision_cfg.timm_proj = {proj!r} is not supported for {name!r} "
                           f"(supported: {[p for p in _PROJS if p]} or null)")
+    try:
+        check_timm_pool(name, _POOLS[pool])
+    except ConfigError as e:
+        raise ConfigError(f"open_clip vision_cfg.timm_pool: {e}") from None
     vision = VisionConfig(image_size=square_size(cfg.get("image_size", 224), "open_clip vision_cfg.image_size"),
                           act="gelu", timm_model_name=name, timm_pool=_POOLS[pool], timm_proj=_PROJS[proj],
                           timm_proj_bias=bool(cfg.get("timm_proj_bias", False)))

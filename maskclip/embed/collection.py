@@ -72,7 +72,7 @@ def embed_collection(model, data, out, shard_size: int = 10000, batch_size: int 
     text = collection.has_captions if text is None else text
     if text and not collection.has_captions:
         raise InputError(f"{collection.name} has no captions to embed (a table needs a caption column)")
-    dense_method = resolve_method(dense_method) if dense else ""
+    dense_method = resolve_method(dense_method, model.visual) if dense else ""
     arrays = ["img_emb"] + (["text_emb"] if text else []) + (["dense_emb"] if dense else [])
     folder = OutputFolder(out, len(collection.parts), arrays, metadata_format or default_metadata_format())
     settings = {"format": FORMAT, "version": 1, "data": collection.name, "model": model_name or model.config.name,

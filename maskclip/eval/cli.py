@@ -59,10 +59,10 @@ def add_eval_parser(sub, model_args: Callable[[argparse.ArgumentParser], None]) 
                         help="a benchmark in its usual folder layout (--root), or all eight (--data-root)")
     sp.add_argument("--root", help="with --benchmark NAME: the benchmark's folder (e.g. .../VOCdevkit/VOC2012)")
     sp.add_argument("--data-root", help="with --benchmark all: the folder holding each benchmark under its usual name")
-    sp.add_argument("--methods", nargs="+", default=list(METHODS), type=canonical_name, choices=METHODS,
-                    help=f"with --data: dense methods (default all; also accepted: {ALIASES})")
+    sp.add_argument("--methods", nargs="+", type=canonical_name, choices=METHODS,
+                    help=f"with --data: dense methods (default all the model's tower runs; also accepted: {ALIASES})")
     sp.add_argument("--method", type=canonical_name, choices=METHODS,
-                    help="with --benchmark: the dense method (default clearclip)")
+                    help="with --benchmark: the dense method (default clearclip; vanilla for ConvNeXt towers)")
     sp.add_argument("--refine", choices=REFINEMENTS, help="with --benchmark: post-processing of the scores (PAMR)")
     sp.add_argument("--sfr", action="store_true", default=None,
                     help="with --benchmark and --method resclip: ResCLIP's semantic feedback refinement")
@@ -161,7 +161,9 @@ def cmd_segmentation(args) -> None:
     from . import zero_shot_segmentation
 
     _refuse(args, "--data", ("root", "data_root", "method", "refine", "sfr", "variant", "limit"))
-    r = zero_shot_segmentation(_load(args), _data(args, args.data), args.methods, _classnames(args.classnames_file),
+    model = _load(args)
+    methods = args.methods or list(getattr(model.visual, "dense_methods", METHODS))
+    r = zero_shot_segmentation(model, _data(args, args.data), methods, _classnames(args.classnames_file),
                                args.templates, args.size, args.window, args.stride, progress=not args.no_progress)
     lines = []
     for method, res in r["methods"].items():
@@ -178,12 +180,12 @@ def cmd_segmentation_benchmark(args) -> None:
     from .segmentation_benchmark import all_benchmarks, benchmark_segmentation
 
     _refuse(args, "--benchmark", ("classnames_file", "templates"))
-    if args.methods != list(METHODS):
+    if args.methods is not None:
         raise InputError("--methods cannot be used with --benchmark (it takes one --method)")
     overrides = {k: v for k, v in (("short_side", args.size), ("stride", args.stride)) if v is not None}
     if args.window is not None:
         overrides["window"] = args.window or None
-    kwargs = dict(method=args.method or "clearclip", refine=args.refine, sfr=bool(args.sfr), variant=args.variant, limit=args.limit,
+    kwargs = dict(method=args.method, refine=args.refine, sfr=bool(args.sfr), variant=args.variant, limit=args.limit,
                   progress=not args.no_progress, **overrides)
     if args.benchmark == "all":
         _need(args, "data_root", "--benchmark all needs --data-root DIR (the folder holding the eight benchmarks)")

@@ -49,7 +49,7 @@ def zero_shot_segmentation(model, dataset, methods: Sequence[str] = ORIGINAL_MET
     start = time.perf_counter()
     ds = open_dataset(dataset, segmentation_classes=classnames, default_size=model.config.preprocess.image_size)
     ds.require("masks", "zero-shot segmentation")
-    methods = {m: resolve_method(m) for m in _check_methods(methods)}  # as given -> name in METHODS
+    methods = {m: resolve_method(m, model.visual) for m in _check_methods(methods)}  # as given -> name in METHODS
     templates = resolve_templates(templates if templates is not None else ds.templates)
     classes, bg = ds.segmentation_classes, ds.background_index
     size = image_size if image_size is not None else model.config.preprocess.image_size

@@ -19,7 +19,7 @@ import torch
 
 from ..datasets.record import read_image
 from ..datasets.segmentation_benchmarks import BENCHMARKS, IGNORE_INDEX, benchmark, benchmark_roots, open_benchmark
-from ..dense import resolve_method
+from ..dense import default_method, resolve_method
 from ..errors import InputError
 from ..refine import check_refine
 from ..resclip_sfr import check_sfr
@@ -40,11 +40,12 @@ def protocol_size(height: int, width: int, short_side: int, max_long_side: int) 
     return int(min(height, width) * scale + 0.5)
 
 
-def benchmark_segmentation(model, name: str, root, method: str = "clearclip", refine: Optional[str] = None,
+def benchmark_segmentation(model, name: str, root, method: Optional[str] = None, refine: Optional[str] = None,
                            variant: Optional[str] = None, limit: Optional[int] = None, progress: bool = True,
                            sfr: bool = False, **overrides) -> dict:
     """Evaluate ``model``'s dense ``method`` on benchmark ``name`` in folder ``root`` -> results dict.
 
+    ``method``: default ``clearclip`` (``vanilla`` for a ConvNeXt tower, ``dense.default_method``).
     ``refine``: a post-process of the scores (``"pamr"``, ``maskclip.refine``), before the logit
     scale and softmax, as NACLIP applies it. ``sfr``: ResCLIP's semantic feedback refinement
     (``method="resclip"`` only; ``maskclip.resclip_sfr``). ``variant``: another repository's settings (``"naclip"``).
@@ -57,7 +58,7 @@ def benchmark_segmentation(model, name: str, root, method: str = "clearclip", re
     if unknown:
         raise InputError(f"protocol overrides must be among {list(OVERRIDABLE)}; got {sorted(unknown)}")
     spec.update(overrides)
-    method = resolve_method(method)
+    method = resolve_method(default_method(model.visual) if method is None else method, model.visual)
     refine = check_refine(refine)
     sfr = check_sfr(sfr, method)
     data = open_benchmark(name, root, "val")
