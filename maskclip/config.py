@@ -26,6 +26,7 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")
+RESIZE_MODES = ("shortest", "squash", "longest")  # PreprocessConfig.resize_mode, as open_clip names them
 STEMS = ("patch", "conv")  # image tower stems (maskclip.stem)
 # open_clip's pooling and projection of a timm image tower (``vision_cfg.timm_pool`` / ``timm_proj``).
 # ConvNeXt towers take "avg" or "" (open_clip's "": the network's own pooling, average for ConvNeXt).
@@ -174,7 +175,9 @@ class PreprocessConfig:
     mean: Tuple[float, float, float] = OPENAI_MEAN
     std: Tuple[float, float, float] = OPENAI_STD
     interpolation: str = "bicubic"
-    resize_mode: str = "shortest"  # "shortest" (+center crop) | "squash" (resize to S x S)
+    # "shortest" (+center crop) | "squash" (resize to S x S) | "longest" (longer side to S, centred on a
+    # black S x S canvas: open_clip's ResizeKeepRatio(longest=1) + CenterCropOrPad with fill 0)
+    resize_mode: str = "shortest"
 
     def validate(self) -> None:
         _positive(self, "image_size")
@@ -185,7 +188,7 @@ class PreprocessConfig:
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"preprocess std must be positive; got {list(self.std)}")
         _choice("preprocess interpolation", self.interpolation, ("bicubic", "bilinear", "nearest"))
-        _choice("preprocess resize_mode", self.resize_mode, ("shortest", "squash"))
+        _choice("preprocess resize_mode", self.resize_mode, RESIZE_MODES)
 
 
 @dataclass

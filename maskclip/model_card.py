@@ -140,11 +140,17 @@ def _summary(model) -> str:
     def millions(module) -> str:
         return f"{sum(x.numel() for x in module.parameters()) / 1e6:.1f} M"
 
-    crop = (f"resize the shorter side to {p.image_size} px ({p.interpolation}), centre crop"
-            if p.resize_mode == "shortest" else f"resize to {p.image_size} x {p.image_size} px ({p.interpolation})")
+    crop = {"shortest": f"resize the shorter side to {p.image_size} px ({p.interpolation}), centre crop",
+            "squash": f"resize to {p.image_size} x {p.image_size} px ({p.interpolation})",
+            "longest": f"resize the longer side to {p.image_size} px ({p.interpolation}), pad to a black square"}[p.resize_mode]
+    if v.timm_model_name is None:
+        tower = (f"ViT, {v.image_size} px, patch {v.patch_size}, width {v.width}, {v.layers} layers, "
+                 f"{v.heads} heads, {v.act}, {v.pool} pooling")
+    else:
+        tower = (f"timm `{v.timm_model_name}` ({v.image_size} px, stride {v.patch_size}, width {v.width}, "
+                 f"{v.layers} blocks), pooling {v.timm_pool or 'the network default'}, projection {v.timm_proj}")
     rows = [
-        ("image tower", f"ViT, {v.image_size} px, patch {v.patch_size}, width {v.width}, {v.layers} layers, "
-                        f"{v.heads} heads, {v.act}, {v.pool} pooling; {millions(model.visual)} parameters"),
+        ("image tower", f"{tower}; {millions(model.visual)} parameters"),
         ("text tower", f"causal transformer, context {t.context_length}, vocabulary {t.vocab_size}, width {t.width}, "
                        f"{t.layers} layers, {t.heads} heads, {t.act}; {millions(model.text)} parameters"),
         ("embedding", f"{cfg.embed_dim}"),

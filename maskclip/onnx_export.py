@@ -181,9 +181,12 @@ def onnx_config(model, opset: int, files: list) -> Dict:
         "preprocess": {
             "image_size": size, "resize_mode": pp.resize_mode, "interpolation": pp.interpolation,
             "mean": list(pp.mean), "std": list(pp.std),
-            "steps": (f"resize the shorter side to {size} ({pp.interpolation}) and centre-crop {size} x {size}, "
-                      f"as torchvision's Resize({size}) and CenterCrop({size}) do" if pp.resize_mode == "shortest" else
-                      f"resize to {size} x {size} ({pp.interpolation})")
+            "steps": {"shortest": f"resize the shorter side to {size} ({pp.interpolation}) and centre-crop {size} x "
+                                  f"{size}, as torchvision's Resize({size}) and CenterCrop({size}) do",
+                      "squash": f"resize to {size} x {size} ({pp.interpolation})",
+                      "longest": f"resize the longer side to {size} ({pp.interpolation}, the other side rounded) and "
+                                 f"centre it on a black {size} x {size} canvas (the extra pixel right / below), as "
+                                 "open_clip's ResizeKeepRatio(longest=1) and CenterCropOrPad do"}[pp.resize_mode]
                      + "; RGB; scale to [0, 1]; per channel (x - mean) / std; layout [3, H, W]",
         },
         "tokenizer": _tokenizer_meta(cfg, files),

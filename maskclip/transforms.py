@@ -97,7 +97,9 @@ def preprocess(img: Image.Image, cfg: PreprocessConfig, size: Optional[int] = No
 
     ``resize_mode="shortest"``: resize the shorter side to S, center crop S x S.
     ``resize_mode="squash"``: resize to S x S, ignoring the aspect ratio.
-    ``crop=False`` (either mode): resize the shorter side to S keeping the aspect ratio and
+    ``resize_mode="longest"``: resize the longer side to S, centre the image on a black S x S canvas
+    (open_clip's ``ResizeKeepRatio(longest=1)`` and ``CenterCropOrPad(fill=0)``).
+    ``crop=False`` (any mode): resize the shorter side to S keeping the aspect ratio and
     return ``[3, S, W']`` or ``[3, H', S]``, the whole image (used for segmentation).
 
     As in open_clip, resizing and cropping run in the image's own mode and RGB conversion
@@ -109,14 +111,16 @@ def preprocess(img: Image.Image, cfg: PreprocessConfig, size: Optional[int] = No
     s = _target_size(cfg, size)
     if img.mode in HIGH_BIT_MODES:
         img = rgb(img)
-    squash = crop and cfg.resize_mode == "squash"
-    out_h, out_w = (s, s) if squash else _shorter_side_size(img.height, img.width, s)
+    mode = cfg.resize_mode if crop else "shortest"
+    out_h, out_w = _resized_size(img.height, img.width, s, mode)
     _check_resized(img.height, img.width, out_h, out_w)
     if (out_h, out_w) != (img.height, img.width):
         img = img.resize((out_w, out_h), _PIL_FILTERS[cfg.interpolation])
-    if crop and not squash:
+    if crop and mode == "shortest":
         top, left = _crop_offsets(out_h, out_w, s)
         img = img.crop((left, top, left + s, top + s))
+    elif crop and mode == "longest":
+        img = _pad_pil(img, s)
     img = rgb(img)  # after the geometry, as open_clip converts; img was checked above
     pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
     return _normalize(pixels.float().div(255), cfg)
@@ -155,6 +159,37 @@ def _target_size(cfg: PreprocessConfig, size) -> int:
     if not isinstance(s, numbers.Integral) or isinstance(s, bool) or s <= 0:
         raise InputError(f"size must be a positive integer (pixels); got {s!r}")
     return int(s)
+
+
+def _resized_size(h: int, w: int, s: int, mode: str) -> Tuple[int, int]:
+    """The size an ``h x w`` image is resized to before the crop or pad of ``resize_mode`` ``mode``."""
+    if mode == "squash":
+        return s, s
+    if mode == "longest":
+        return _longer_side_size(h, w, s)
+    return _shorter_side_size(h, w, s)
+
+
+def _longer_side_size(h: int, w: int, s: int) -> Tuple[int, int]:
+    """(H, W) with the longer side ``s``, the other rounded, as open_clip's ``ResizeKeepRatio(longest=1)``."""
+    ratio = max(h / s, w / s)
+    return round(h / ratio), round(w / ratio)
+
+
+def _pad_offsets(h: int, w: int, s: int) -> Tuple[int, int]:
+    """(top, left) of an ``h x w`` image centred on an ``s x s`` canvas (the extra pixel right / below,
+    as open_clip's ``center_crop_or_pad``)."""
+    return (s - h) // 2, (s - w) // 2
+
+
+def _pad_pil(img: Image.Image, s: int) -> Image.Image:
+    """``img`` (at most ``s`` on each side) centred on an ``s x s`` canvas of 0s in its own mode (the palette kept)."""
+    top, left = _pad_offsets(img.height, img.width, s)
+    canvas = Image.new(img.mode, (s, s), 0)
+    if img.mode == "P":
+        canvas.putpalette(img.getpalette())
+    canvas.paste(img, (left, top))
+    return canvas
 
 
 def _shorter_side_size(h: int, w: int, s: int) -> Tuple[int, int]:
@@ -204,17 +239,20 @@ def preprocess_uint8(pixels: torch.Tensor, cfg: PreprocessConfig, size: Optional
     """
     s = _target_size(cfg, size)
     h, w = pixels.shape[-2:]
-    squash = crop and cfg.resize_mode == "squash"
-    out_h, out_w = (s, s) if squash else _shorter_side_size(h, w, s)
+    mode = cfg.resize_mode if crop else "shortest"
+    out_h, out_w = _resized_size(h, w, s, mode)
     _check_resized(h, w, out_h, out_w)
     x = pixels.float()
     if cfg.interpolation == "nearest":
         x = x.index_select(-1, _nearest_index(w, out_w, x.device)).index_select(-2, _nearest_index(h, out_h, x.device))
     else:
         x = _resample_2d(x, out_h, out_w, cfg.interpolation)
-    if crop and not squash:
+    if crop and mode == "shortest":
         top, left = _crop_offsets(out_h, out_w, s)
         x = x[..., top:top + s, left:left + s]
+    elif crop and mode == "longest":
+        top, left = _pad_offsets(out_h, out_w, s)
+        x = F.pad(x, (left, s - out_w - left, top, s - out_h - top), value=0.0)
     return _normalize(x.div(255), cfg)
 
 

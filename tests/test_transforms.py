@@ -19,7 +19,7 @@ from PIL import Image, ImageFile
 
 from images import SIZES, gradient16, in_mode, photo, photo_rgba
 from maskclip.config import PreprocessConfig
-from maskclip.errors import ImageNotFoundError, ImageReadError, InputError, InputTypeError
+from maskclip.errors import ConfigError, ImageNotFoundError, ImageReadError, InputError, InputTypeError
 from maskclip.images import open_image
 from maskclip.transforms import Preprocess, load_image, preprocess, segmentation_input, to_batch, to_rgb
 
@@ -54,7 +54,7 @@ def in_levels(diff, cfg):
 # --- parity with open_clip and transformers ----------------------------------------------------
 
 
-@pytest.mark.parametrize("resize_mode", ["shortest", "squash"])
+@pytest.mark.parametrize("resize_mode", ["shortest", "squash", "longest"])
 @pytest.mark.parametrize("image_size", [224, 32, 336])
 def test_preprocess_matches_open_clip_eval_transform(image_size, resize_mode):
     open_clip = pytest.importorskip("open_clip")
@@ -66,7 +66,7 @@ def test_preprocess_matches_open_clip_eval_transform(image_size, resize_mode):
         assert max_diff(ours, theirs) <= TOL, img.size
 
 
-@pytest.mark.parametrize("resize_mode", ["shortest", "squash"])
+@pytest.mark.parametrize("resize_mode", ["shortest", "squash", "longest"])
 def test_preprocess_matches_open_clip_with_bilinear_interpolation(resize_mode):
     open_clip = pytest.importorskip("open_clip")
     reference = open_clip.image_transform(224, is_train=False, resize_mode=resize_mode, interpolation="bilinear")
@@ -358,7 +358,7 @@ def test_load_image_rejects_other_types_with_type_error(bad):
 # --- preprocess and Preprocess -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("resize_mode", ["shortest", "squash"])
+@pytest.mark.parametrize("resize_mode", ["shortest", "squash", "longest"])
 @pytest.mark.parametrize("width, height, expected", [(640, 480, (3, 32, 42)), (480, 640, (3, 42, 32)),
                                                      (1000, 100, (3, 32, 320))])
 def test_preprocess_without_crop_keeps_the_aspect_ratio(resize_mode, width, height, expected):
@@ -483,7 +483,7 @@ def test_to_batch_of_preprocessed_image_equals_to_batch_of_image():
 UINT8_BOUNDS = {"bicubic": (2.0, 0.005), "bilinear": (2.0, 0.15), "nearest": (0.0, 0.0)}
 
 
-@pytest.mark.parametrize("resize_mode", ["shortest", "squash"])
+@pytest.mark.parametrize("resize_mode", ["shortest", "squash", "longest"])
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
 def test_uint8_tensor_path_is_close_to_the_pil_path(interpolation, resize_mode):
     worst_max, worst_mean = UINT8_BOUNDS[interpolation]
@@ -609,3 +609,57 @@ def test_any_size_and_mode_gives_a_finite_square_tensor(width, height, mode, ima
     if mode == "RGB":
         y = to_batch(pixels(img), cfg)[0]
         assert y.shape == x.shape and in_levels(y - x, cfg).max() <= 2.001
+
+
+# --- resize_mode "longest" (open_clip's ResizeKeepRatio(longest=1) + CenterCropOrPad) ---------------
+
+
+@pytest.mark.parametrize("mode", ORDINARY_MODES)
+def test_longest_matches_open_clip_on_non_rgb_modes(mode):
+    # the canvas is filled with 0 in the image's own mode, before the RGB conversion, as open_clip pads:
+    # palette index 0 for P images, transparent black for RGBA
+    open_clip = pytest.importorskip("open_clip")
+    reference = open_clip.image_transform(96, is_train=False, resize_mode="longest")
+    for w, h in ((333, 500), (500, 333)):
+        img = in_mode(photo_rgba(w, h, seed=3), mode)
+        assert max_diff(preprocess(img, PreprocessConfig(image_size=96, resize_mode="longest")), reference(img)) <= TOL
+
+
+def test_longest_pads_black_around_the_whole_image():
+    img = Image.new("RGB", (200, 100), (255, 255, 255))
+    cfg = PreprocessConfig(image_size=64, resize_mode="longest")
+    x = preprocess(img, cfg)
+    white = (torch.ones(3) - torch.tensor(cfg.mean)) / torch.tensor(cfg.std)
+    black = -torch.tensor(cfg.mean) / torch.tensor(cfg.std)
+    assert torch.allclose(x[:, 16:48, :], white.view(3, 1, 1).expand(3, 32, 64))  # 64 x 32, centred
+    assert torch.allclose(x[:, :16], black.view(3, 1, 1).expand(3, 16, 64))
+    assert torch.allclose(x[:, 48:], black.view(3, 1, 1).expand(3, 16, 64))
+
+
+def test_an_open_clip_folder_with_resize_mode_longest_loads_and_preprocesses_as_open_clip(tmp_path):
+    open_clip = pytest.importorskip("open_clip")
+    import maskclip
+    import factories
+
+    model_cfg = factories.open_clip_model_cfg(factories.TINY)
+    preprocess_cfg = dict(factories.open_clip_preprocess_cfg(resize_mode="longest"), fill_color=0)
+    folder = factories.write_open_clip_folder(tmp_path / "oc", factories.random_open_clip(model_cfg), model_cfg,
+                                              preprocess_cfg)
+    model = maskclip.load(folder)
+    assert model.config.preprocess.resize_mode == "longest"
+    size = model.config.preprocess.image_size
+    reference = open_clip.image_transform(size, is_train=False, resize_mode="longest")
+    img = cached_photo(300, 120)
+    assert max_diff(model.image_batch(img)[0], reference(img)) <= TOL
+    with pytest.raises(ConfigError, match="CLIPImageProcessor"):
+        model.save_pretrained(tmp_path / "hf", format="transformers")
+    model.save_pretrained(tmp_path / "again", format="open_clip")
+    assert maskclip.load(tmp_path / "again").config.preprocess.resize_mode == "longest"
+
+
+def test_longest_with_a_fill_colour_other_than_black_is_refused():
+    from maskclip.convert.open_clip_layout import _preprocess_config
+
+    with pytest.raises(ConfigError, match="fill_color"):
+        _preprocess_config({"resize_mode": "longest", "fill_color": 128}, 224)
+    assert _preprocess_config({"resize_mode": "shortest", "fill_color": 128}, 224).resize_mode == "shortest"

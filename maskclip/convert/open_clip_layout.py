@@ -11,7 +11,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 import torch
 
-from ..config import SUPPORTED_TIMM_MODELS, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
+from ..config import RESIZE_MODES, SUPPORTED_TIMM_MODELS, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
 from ..errors import ConfigError
 from .detect import detect_layout
 from .infer import DEFAULT_LOGIT_SCALE, square_size, with_logit_scale
@@ -144,14 +144,17 @@ def _preprocess_config(cfg: Mapping[str, Any], image_size: int, family: str = "o
                                   f"(supported: {list(_INTERPOLATIONS)})")
             pp.interpolation = value
         elif key == "resize_mode":
-            if value not in ("shortest", "squash"):
+            if value not in RESIZE_MODES:
                 raise ConfigError(f"open_clip preprocess_cfg.resize_mode = {value!r} is not supported "
-                                  "(supported: 'shortest', 'squash')")
+                                  f"(supported: {list(RESIZE_MODES)})")
             pp.resize_mode = value
         elif key == "mode" and value != "RGB":
             raise ConfigError(f"open_clip preprocess_cfg.mode = {value!r} is not supported (supported: 'RGB')")
         elif key not in ("size", "mode", "fill_color"):  # open_clip itself sets size from the image tower
             raise ConfigError(f"open_clip preprocess_cfg has the field {key!r}, which maskclip does not know")
+    if pp.resize_mode == "longest" and cfg.get("fill_color", 0) != 0:
+        raise ConfigError(f"open_clip preprocess_cfg.fill_color = {cfg['fill_color']!r} with resize_mode 'longest' is "
+                          "not supported: maskclip pads with 0 (black), open_clip's default")
     return pp
 
 

@@ -142,6 +142,9 @@ def transformers_preprocessor_config(config: ModelConfig) -> Dict[str, Any]:
     """``preprocessor_config.json`` for transformers' ``CLIPImageProcessor`` matching ``config.preprocess``."""
     pp = config.preprocess
     s = pp.image_size
+    if pp.resize_mode == "longest":
+        raise ConfigError("transformers' CLIPImageProcessor cannot pad to a square (preprocess resize_mode "
+                          "'longest'); save this model as format='maskclip' or 'open_clip'")
     squash = pp.resize_mode == "squash"
     return {
         "image_processor_type": "CLIPImageProcessor", "processor_class": "CLIPProcessor",
