@@ -16,32 +16,23 @@ equals the pooled embedding (test).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import torch
-from torch import nn
 
-from .config import VisionConfig
 from .errors import InputError
 from .layers import take_indices
-from .timm_vision import check_described, create_trunk, use_maskclip_linears
+from .timm_vision import TimmTower
 
 Indices = Union[None, int, Sequence[int]]
 
 
-class TimmConvTower(nn.Module):
+class TimmConvTower(TimmTower):
     """open_clip's timm ConvNeXt image tower: ``[B, 3, H, W]`` (preprocessed) -> ``[B, E]``."""
 
     # what maskclip.dense can run on this tower (no attention: the per-location projection only)
     dense_methods = ("vanilla",)
     num_prefix_tokens = 0
-
-    def __init__(self, cfg: VisionConfig, embed_dim: int):
-        super().__init__()
-        self.cfg = cfg
-        self.trunk, self.head = create_trunk(cfg, embed_dim)
-        check_described(cfg, self.trunk)
-        use_maskclip_linears(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> ``[B, E]``."""
@@ -83,10 +74,3 @@ class TimmConvTower(nn.Module):
             return out
         final, inter = out
         return self.pool_map(final), inter
-
-    def compile_blocks(self, **kwargs) -> None:
-        """``torch.compile`` the timm trunk in place (``DualEncoder.compile``)."""
-        self.trunk.compile(**kwargs)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.trunk.set_grad_checkpointing(enable)

@@ -171,8 +171,9 @@ def _layer_scale(block: nn.Module, i: int):
     return (lambda x: x) if gamma is None else (lambda x: gamma * x)
 
 
-class TimmVisionTower(nn.Module):
-    """open_clip's timm image tower: ``[B, 3, H, W]`` (preprocessed) -> ``[B, E]``; see the module docstring."""
+class TimmTower(nn.Module):
+    """What every timm image tower shares: open_clip's ``trunk`` and ``head`` for ``cfg``, described by
+    ``cfg``, with maskclip's linear layers; compiling and gradient checkpointing go to the trunk."""
 
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
@@ -180,6 +181,20 @@ class TimmVisionTower(nn.Module):
         self.trunk, self.head = create_trunk(cfg, embed_dim)
         check_described(cfg, self.trunk)
         use_maskclip_linears(self)
+
+    def compile_blocks(self, **kwargs) -> None:
+        """``torch.compile`` the timm trunk in place (``DualEncoder.compile``)."""
+        self.trunk.compile(**kwargs)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.trunk.set_grad_checkpointing(enable)
+
+
+class TimmVisionTower(TimmTower):
+    """open_clip's timm ViT image tower: ``[B, 3, H, W]`` (preprocessed) -> ``[B, E]``; see the module docstring."""
+
+    def __init__(self, cfg: VisionConfig, embed_dim: int):
+        super().__init__(cfg, embed_dim)
         self.num_prefix_tokens = self.trunk.num_prefix_tokens
         for block in self.trunk.blocks:  # pre-norm blocks only: BlockView runs x + attn(norm1 x), x + mlp(norm2 x)
             if type(block).__name__ not in _BLOCKS or getattr(block.attn, "gate", None) is not None:
@@ -250,13 +265,6 @@ class TimmVisionTower(nn.Module):
             return out
         final, inter = out
         return self.head(self.trunk.forward_head(final)), inter
-
-    def compile_blocks(self, **kwargs) -> None:
-        """``torch.compile`` the timm trunk in place (``DualEncoder.compile``)."""
-        self.trunk.compile(**kwargs)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.trunk.set_grad_checkpointing(enable)
 
 
 def _per_patch_attention_pool(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
