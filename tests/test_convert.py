@@ -391,10 +391,13 @@ def test_from_open_clip_refuses_unsupported_fields_naming_them(section, name, va
         convert.from_open_clip(cfg, oc_weights())
 
 
-@pytest.mark.parametrize("name,value", [("resize_mode", "longest"), ("interpolation", "random"), ("mode", "L")])
+@pytest.mark.parametrize("name,value", [("resize_mode", "crop"), ("fill_color", 255), ("interpolation", "random"),
+                                        ("mode", "L")])
 def test_from_open_clip_refuses_unsupported_preprocessing(name, value):
     cfg = oc_config()
     cfg["preprocess_cfg"][name] = value
+    if name == "fill_color":  # used only to pad, i.e. with resize_mode "longest"
+        cfg["preprocess_cfg"]["resize_mode"] = "longest"
     with pytest.raises(ConfigError, match=name):
         convert.from_open_clip(cfg, oc_weights())
 
