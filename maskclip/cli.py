@@ -175,7 +175,8 @@ def _segment_method(args) -> Optional[str]:
     else:
         method = args.method
     if args.sfr and method != "resclip":
-        raise CLIError(f"--sfr (ResCLIP's semantic feedback refinement) needs --method resclip; got {method}")
+        raise CLIError(f"--sfr (ResCLIP's semantic feedback refinement) needs --method resclip; "
+                       f"got {method or 'clearclip (the default)'}")
     return method
 
 

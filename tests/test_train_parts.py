@@ -328,5 +328,6 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
                                        env={**env, "MALLOC_TRIM_THRESHOLD_": "1000000"}).stdout.split()
     assert refused == "False"  # the user's own setting wins
     # Ten fresh 40 MB tensors fault ~100,000 pages (the baseline); kept memory faults none on a quiet
-    # machine (0 measured), but a full, loaded test run once measured 19,532, hence a ratio, not a count.
-    assert kept == "True" and int(faults) * 4 < int(baseline), (faults, baseline)
+    # machine (0 measured), but full test runs on a loaded machine measured 19,532 and 29,297 (with two
+    # training processes beside it), hence a ratio, not a count: memory that is not kept faults ~all of it.
+    assert kept == "True" and int(faults) * 2 < int(baseline), (faults, baseline)
