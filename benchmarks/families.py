@@ -1,7 +1,11 @@
-"""SigLIP2 B/16: maskclip against open_clip and transformers at the same weights (encode_image, encode_text).
+"""SigLIP2 B/16 (or ConvNeXt): maskclip against open_clip and transformers at the same weights (encode_image, encode_text).
 
     python benchmarks/families.py                      # batch 8 images at 224 px, 64 texts, 3 repeats
     python benchmarks/families.py --image-batch 1 --text-batch 2 --repeats 1   # a sanity run
+    python benchmarks/families.py --model convnext_base_w --threads 1          # ConvNeXt: open_clip only
+
+``--model convnext_base_w`` (or any open_clip ``convnext_*``) compares with open_clip alone, at the
+model's own image size: transformers has no ConvNeXt CLIP.
 
 One random-weight ``ViT-B-16-SigLIP2`` is made by open_clip (``create_model(name, pretrained=None)``,
 random norms and biases), written in open_clip's Hub layout and loaded by maskclip as a user would;
@@ -38,21 +42,26 @@ def parse_args(argv=None):
     p.add_argument("--image-batch", type=int, default=8)
     p.add_argument("--text-batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--model", default=NAME, help=f"open_clip architecture: {NAME} (default) or a convnext_* one")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     return p.parse_args(argv)
 
 
-def build(workdir: Path):
-    """The three models with identical weights, in eval mode."""
+def build(workdir: Path, name: str = NAME):
+    """The models with identical weights, in eval mode (transformers: ``None`` for a ConvNeXt)."""
     import open_clip
+
+    torch.manual_seed(0)
+    oc = factories._perturb(open_clip.create_model(name, pretrained=None).eval(), 0)
+    model_cfg = open_clip.get_model_config(name)
+    folder = factories.write_open_clip_folder(workdir / "open_clip", oc, model_cfg)
+    ours = maskclip.load(folder)
+    if name.startswith("convnext"):
+        return ours, oc, None, model_cfg
     from transformers import SiglipConfig, SiglipModel
 
     from maskclip.convert.siglip_transformers import siglip_open_clip_to_hf
 
-    torch.manual_seed(0)
-    oc = factories._perturb(open_clip.create_model(NAME, pretrained=None).eval(), 0)
-    model_cfg = open_clip.get_model_config(NAME)
-    folder = factories.write_open_clip_folder(workdir / "open_clip", oc, model_cfg)
-    ours = maskclip.load(folder)
     hf_config, hf_sd = siglip_open_clip_to_hf(model_cfg, oc.state_dict())  # maskclip's own converter
     hf = SiglipModel(SiglipConfig(**hf_config)).eval()
     missing, unexpected = hf.load_state_dict(hf_sd, strict=False)
@@ -62,20 +71,24 @@ def build(workdir: Path):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory(prefix="maskclip-families-") as tmp:
-        ours, oc, hf, model_cfg = build(Path(tmp))
+        ours, oc, hf, model_cfg = build(Path(tmp), args.model)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.image_batch, 3, 224, 224, generator=g)
+    size = ours.config.vision.image_size
+    x = torch.randn(args.image_batch, 3, size, size, generator=g)
     ids = torch.randint(1, model_cfg["text_cfg"]["vocab_size"], (args.text_batch, model_cfg["text_cfg"]["context_length"]),
                         generator=g)
-    image_calls = {"open_clip": lambda: oc.encode_image(x), "maskclip": lambda: ours.encode_image(x),
-                   "transformers": lambda: hf.get_image_features(pixel_values=x)}
-    text_calls = {"open_clip": lambda: oc.encode_text(ids), "maskclip": lambda: ours.encode_text(ids),
-                  "transformers": lambda: hf.get_text_features(input_ids=ids)}
-    doc = {"model": NAME, "dtype": "float32", "threads": torch.get_num_threads(), "loadavg_before": loadavg(),
+    image_calls = {"open_clip": lambda: oc.encode_image(x), "maskclip": lambda: ours.encode_image(x)}
+    text_calls = {"open_clip": lambda: oc.encode_text(ids), "maskclip": lambda: ours.encode_text(ids)}
+    if hf is not None:
+        image_calls["transformers"] = lambda: hf.get_image_features(pixel_values=x)
+        text_calls["transformers"] = lambda: hf.get_text_features(input_ids=ids)
+    doc = {"model": args.model, "dtype": "float32", "threads": torch.get_num_threads(), "loadavg_before": loadavg(),
            "workloads": []}
-    for title, calls, items in (("encode_image, 224 px", image_calls, len(x)), ("encode_text", text_calls, len(ids))):
+    for title, calls, items in ((f"encode_image, {size} px", image_calls, len(x)), ("encode_text", text_calls, len(ids))):
         table = rows(alternate(calls, args.repeats), items, "open_clip", diff=_diff)
         doc["workloads"].append({"title": f"{title}, batch {items}", "rows": table})
     doc["loadavg_after"] = loadavg()
