@@ -112,7 +112,7 @@ class VisionConfig:
             raise ConfigError(f"vision stem {self.stem!r} is for maskclip's own ViT; a timm image tower "
                               f"({self.timm_model_name!r}) has its own patch embedding")
         conv = is_timm_conv(self.timm_model_name)
-        check_timm_pool(self.timm_model_name, self.timm_pool)
+        _timm_pool_choice(self.timm_model_name, self.timm_pool, conv)
         _choice("vision timm_proj", self.timm_proj, TIMM_PROJS)
         _flags(self, "timm_proj_bias")
         if self.act != "gelu" and (conv or self.timm_model_name.startswith("eva") or self.act not in TIMM_ACTS):
@@ -273,7 +273,11 @@ def check_timm_model_name(name) -> None:
 def check_timm_pool(name: str, pool) -> None:
     """``ConfigError`` unless ``pool`` is a pooling the timm tower ``name`` takes (ViT: ``TIMM_POOLS``,
     ConvNeXt: ``TIMM_CONV_POOLS``)."""
-    _choice(f"vision timm_pool of {name!r}", pool, TIMM_CONV_POOLS if is_timm_conv(name) else TIMM_POOLS)
+    _timm_pool_choice(name, pool, is_timm_conv(name))
+
+
+def _timm_pool_choice(name: str, pool, conv: bool) -> None:
+    _choice(f"vision timm_pool of {name!r}", pool, TIMM_CONV_POOLS if conv else TIMM_POOLS)
 
 
 def is_timm_conv(name: Optional[str]) -> bool:

@@ -78,7 +78,7 @@ def resolve_method(method, visual=None) -> str:
     name = canonical_name(method)
     if name not in METHODS and name not in PROXY_METHODS:
         raise InputError(f"dense method must be one of {list(METHODS + PROXY_METHODS)}; got {method!r}")
-    allowed = getattr(visual, "dense_methods", None)
+    allowed = tower_methods(visual)
     if allowed is not None and name not in allowed:
         raise InputError(f"the image tower {visual.cfg.timm_model_name!r} has no attention for the dense method "
                          f"{method!r} to change; its dense methods: {list(allowed)}")
@@ -87,8 +87,15 @@ def resolve_method(method, visual=None) -> str:
 
 def default_method(visual) -> str:
     """``segment``'s default dense method for an image tower: ``clearclip``, or a tower's only method."""
-    allowed = getattr(visual, "dense_methods", None)
+    allowed = tower_methods(visual)
     return "clearclip" if allowed is None else allowed[0]
+
+
+def tower_methods(visual) -> Optional[Tuple[str, ...]]:
+    """The dense methods a tower computes itself (its ``dense_methods``, served by its ``feature_map``),
+    or ``None`` for a ViT tower, on which this module runs every method. The one test of which kind a
+    tower is, for choosing, checking and computing dense features alike."""
+    return getattr(visual, "dense_methods", None)
 
 
 def neighbourhood_bias(grid: Tuple[int, int], std: float, dtype: torch.dtype, device, prefix: int = 1) -> torch.Tensor:
@@ -213,7 +220,7 @@ def dense_features(visual: VisionTower, x: torch.Tensor, method: str = "vanilla"
     ``visual``: a ``VisionTower`` or a ``maskclip.timm_vision.TimmVisionTower`` (same interface), or a
     ``maskclip.timm_conv.TimmConvTower`` (``vanilla`` only: its per-location feature map).
     """
-    if hasattr(visual, "feature_map"):
+    if tower_methods(visual) is not None:
         return visual.feature_map(x)
     prefix, depth = visual.num_prefix_tokens, visual.cfg.layers
     if method == "resclip":

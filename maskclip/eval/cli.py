@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..datasets.cli import add_csv_arguments
-from ..dense import ALIASES, METHODS, canonical_name
+from ..dense import ALIASES, METHODS, canonical_name, tower_methods
 from ..refine import REFINEMENTS
 from ..resources import read_json
 
@@ -162,7 +162,7 @@ def cmd_segmentation(args) -> None:
 
     _refuse(args, "--data", ("root", "data_root", "method", "refine", "sfr", "variant", "limit"))
     model = _load(args)
-    methods = args.methods or list(getattr(model.visual, "dense_methods", METHODS))
+    methods = args.methods or list(tower_methods(model.visual) or METHODS)
     r = zero_shot_segmentation(model, _data(args, args.data), methods, _classnames(args.classnames_file),
                                args.templates, args.size, args.window, args.stride, progress=not args.no_progress)
     lines = []
