@@ -445,6 +445,10 @@ def main() -> None:
                 continue
             record = train_run(name, recipe, seed, args)
             trained += 1
+            if record["steps"] < args.steps:  # stopped by a signal: checkpointed, resumed by the same command
+                print(f"{name}: stopped at step {record['steps']} of {args.steps} after {record['train_seconds']} s "
+                      "of training; run the same command to resume it", flush=True)
+                return
             print(f"{name}: trained {record['steps']} steps in {record['train_seconds']} s", flush=True)
             t0 = time.perf_counter()
             record.update(evaluate(out / name / "model", args))

@@ -9,7 +9,9 @@ Each (model, recipe) runs in its own fresh process, so that process's peak resid
 random batch (data loading excluded, as in the papers' comparisons). Every process builds the model,
 runs ``--warmup`` steps, then times ``--steps`` steps; the table gives medians and ratios to
 ``clip``. Rounds alternate the recipes (``--rounds``), and the median over rounds is reported.
-Results go to ``benchmarks/results/train_cost.json`` and are printed as a markdown table.
+Results go to ``benchmarks/results/train_cost[_OUT].json`` and are printed as a markdown table.
+``--parts`` adds, per row, one image-tower forward timed with autograd recording (as the student
+runs it) and under ``no_grad`` (as the EMA teacher does): the units the design's cost is counted in.
 """
 from __future__ import annotations
 
@@ -28,7 +30,26 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"tiny": {"preset": "tiny", "batch": 64}, "vit-b-16": {"preset": "vitb16-yfcc15m", "batch": 8}}
 
 
-def child(model: str, recipe: str, batch: int, warmup: int, steps: int, sets: list, threads: int) -> dict:
+def image_forward_times(visual, images, repeats: int = 2) -> dict:
+    """Median seconds of one image-tower forward (patch tokens, as the teacher runs it) with autograd
+    recording (a student's forward) and under ``no_grad`` (the EMA teacher's)."""
+    import torch
+
+    out = {}
+    for name, grad in (("image_forward_grad_s", True), ("image_forward_nograd_s", False)):
+        times = []
+        for _ in range(repeats + 1):
+            with torch.set_grad_enabled(grad):
+                t0 = time.perf_counter()
+                tokens = visual.forward_tokens(images)[0]
+                times.append(time.perf_counter() - t0)
+            del tokens
+        out[name] = statistics.median(times[1:])
+    return out
+
+
+def child(model: str, recipe: str, batch: int, warmup: int, steps: int, sets: list, threads: int,
+          parts: bool = False) -> dict:
     """Run in a fresh process: build, warm up, time; report step times and peak RSS."""
     import torch
 
@@ -72,9 +93,12 @@ def child(model: str, recipe: str, batch: int, warmup: int, steps: int, sets: li
         assert state.nonfinite == 0, f"{recipe}: non-finite loss"
         if i >= warmup:
             times.append(elapsed)
-    return {"model": model, "recipe": recipe, "batch": batch, "median_s": statistics.median(times),
-            "min_s": min(times), "steps": steps, "peak_rss_mb": _rss_mb(), "rss_after_build_mb": rss_built,
-            "params_m": params / 1e6, "trainable_m": trainable / 1e6}
+    row = {"model": model, "recipe": recipe, "batch": batch, "median_s": statistics.median(times),
+           "min_s": min(times), "steps": steps, "peak_rss_mb": _rss_mb(), "rss_after_build_mb": rss_built,
+           "params_m": params / 1e6, "trainable_m": trainable / 1e6}
+    if parts:  # after the peak was read: these passes allocate nothing the step had not
+        row.update(image_forward_times(recipe_module.model.visual, batch_data["image"]))
+    return row
 
 
 def _captions(batch: int, context: int, g):
@@ -96,6 +120,7 @@ def _rss_mb() -> float:
 def run_child(args, model, recipe) -> dict:
     cmd = [sys.executable, __file__, "--child", model, recipe, "--warmup", str(args.warmup), "--steps",
            str(args.steps), "--threads", str(args.threads), "--batch", str(args.batch.get(model, MODELS[model]["batch"]))]
+    cmd += ["--parts"] if args.parts else []
     for s in args.set:
         cmd += ["--set", s]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -130,9 +155,12 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="TrainConfig overrides for every recipe")
     p.add_argument("--child", nargs=2, metavar=("MODEL", "RECIPE"), help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=None, help="batch size (default: tiny 64, vit-b-16 8)")
+    p.add_argument("--parts", action="store_true",
+                   help="also time one image-tower forward with autograd (a student's) and without (the teacher's)")
+    p.add_argument("--out", default="", help="suffix of the results file name")
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child(*args.child, args.batch, args.warmup, args.steps, args.set, args.threads)))
+        print(json.dumps(child(*args.child, args.batch, args.warmup, args.steps, args.set, args.threads, args.parts)))
         return
     args.batch = {m: args.batch for m in args.models} if args.batch else {}
     import_rss = float(subprocess.run([sys.executable, "-c", "import resource, maskclip.train.loop; print(resource."
@@ -159,7 +187,8 @@ def main() -> None:
             "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "overrides": args.set,
             "import_rss_mb": import_rss, "date": time.strftime("%Y-%m-%d %H:%M")}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train_cost.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    name = f"train_cost_{args.out}.json" if args.out else "train_cost.json"
+    (RESULTS / name).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     print(table(rows))
     print(f"\n{meta}")
 

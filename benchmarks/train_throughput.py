@@ -11,6 +11,13 @@ the host-side preparation, forward, backward, optimizer, teacher update), ``--wa
 then ``--steps`` timed ones; ``--rounds`` alternate the recipe order, and the median step time over
 rounds is reported. Every ``log_every``-th step is a logging step, as in training.
 
+``--floor`` also records every matrix product one step runs (``mm``, ``addmm``, ``bmm``, ``baddbmm``,
+forward and backward, with their shapes and strides) and times each of them alone on fresh tensors at
+the same thread count (best of 3): ``matmul_s``, the time the step's GEMMs take in isolation, is a floor
+no change to the loop can go under without faster GEMM kernels or less arithmetic, and
+``matmul_share`` = ``matmul_s`` / step says how much of the step is left to win elsewhere (a step
+twice as fast needs a share under 0.5). ``gflop`` is those products' arithmetic.
+
 Results: ``benchmarks/results/train_throughput[_OUT].json`` and a markdown table. This machine is
 shared: treat the numbers as rough, and compare runs made back to back.
 """
@@ -38,6 +45,66 @@ def pool_of_batches(cfg, recipe, n: int) -> list:
     stream = TrainStream(source, spec, recipe.model.config.preprocess, cfg.crop_scale, cfg.slip.crop_scale)
     stream.set_position(0)
     return list(stream)
+
+
+_GEMMS = ("mm.default", "addmm.default", "bmm.default", "baddbmm.default")
+
+
+class TensorSpec(tuple):
+    """(shape, stride) of a recorded tensor argument."""
+
+
+def record_gemms(fn) -> list:
+    """Run ``fn()`` and return each matrix product it dispatched: (op name, arguments with each tensor as
+    its ``TensorSpec``, keyword arguments)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = f"{func.overloadpacket.__name__}.{func._overloadname}"
+            if name in _GEMMS:
+                calls.append((name, [TensorSpec((tuple(a.shape), tuple(a.stride())))
+                                     if isinstance(a, torch.Tensor) else a for a in args], dict(kwargs or {})))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        fn()
+    return calls
+
+
+def _fresh(shape, stride):
+    """Random values viewed with ``shape`` and ``stride`` (broadcast strides of 0 included)."""
+    import torch
+
+    size = 1 + sum((n - 1) * st for n, st in zip(shape, stride)) if all(shape) else 0
+    return torch.randn(size).as_strided(shape, stride)
+
+
+def time_gemms(calls) -> tuple:
+    """(seconds, GFLOP) of the recorded products, each run alone on fresh fp32 tensors of the recorded
+    shapes and strides (best of 3; repeated calls of one signature are timed once)."""
+    import torch
+
+    seconds, flops, cache = 0.0, 0, {}
+    for name, specs, kwargs in calls:
+        key = (name, repr(specs), repr(sorted(kwargs.items())))
+        if key not in cache:
+            op = getattr(torch.ops.aten, name.split(".")[0]).default
+            args = [_fresh(*sp) if isinstance(sp, TensorSpec) else sp for sp in specs]
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                op(*args, **kwargs)
+                best = min(best, time.perf_counter() - t0)
+            x, y = (args[1], args[2]) if name.startswith(("addmm", "baddbmm")) else (args[0], args[1])
+            batch = x.shape[0] if x.dim() == 3 else 1
+            cache[key] = (best, 2 * batch * x.shape[-2] * x.shape[-1] * y.shape[-1])
+        seconds += cache[key][0]
+        flops += cache[key][1]
+    return seconds, flops / 1e9
 
 
 def measure(recipe_name: str, args) -> dict:
@@ -91,8 +158,13 @@ def measure(recipe_name: str, args) -> dict:
         means, _ = runner.record()
         assert means["loss"] == means["loss"] and state.nonfinite == 0, f"{recipe_name}: non-finite loss"
     median = statistics.median(times)
-    return {"recipe": recipe_name, "batch": cfg.batch_size, "median_s": median, "mean_s": statistics.mean(times),
-            "steps_per_s": 1 / median, "samples_per_s": cfg.batch_size / median, "steps": args.steps}
+    row = {"recipe": recipe_name, "batch": cfg.batch_size, "median_s": median, "mean_s": statistics.mean(times),
+           "steps_per_s": 1 / median, "samples_per_s": cfg.batch_size / median, "steps": args.steps}
+    if args.floor and not legacy:
+        calls = record_gemms(lambda: runner.run([batches[0]], state))
+        matmul_s, gflop = time_gemms(calls)
+        row.update({"gemms": len(calls), "gflop": gflop, "matmul_s": matmul_s, "matmul_share": matmul_s / median})
+    return row
 
 
 def _code() -> dict:
@@ -117,10 +189,13 @@ def _has_step_runner() -> bool:
 
 
 def table(rows) -> str:
-    lines = ["| recipe | batch | step (s) | steps/s | samples/s |", "| --- | --- | --- | --- | --- |"]
+    floor = any("matmul_s" in r for r in rows)
+    lines = ["| recipe | batch | step (s) | steps/s | samples/s |" + (" GEMM GFLOP | GEMMs alone (s) | share |" if floor else ""),
+             "| --- | --- | --- | --- | --- |" + (" --- | --- | --- |" if floor else "")]
     for r in rows:
         lines.append(f"| {r['recipe']} | {r['batch']} | {r['median_s']:.3f} | {r['steps_per_s']:.2f} | "
-                     f"{r['samples_per_s']:.0f} |")
+                     f"{r['samples_per_s']:.0f} |" + (f" {r['gflop']:.1f} | {r['matmul_s']:.3f} | {r['matmul_share']:.2f} |"
+                                                      if "matmul_s" in r else ""))
     return "\n".join(lines)
 
 
@@ -136,6 +211,7 @@ def main() -> None:
     p.add_argument("--data", default="synthetic:train,n=2048")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--set", action="append", default=[], help="TrainConfig overrides for every recipe")
+    p.add_argument("--floor", action="store_true", help="also time the step's matrix products alone")
     p.add_argument("--out", default="", help="suffix of the results file name")
     args = p.parse_args()
     import torch
