@@ -69,6 +69,36 @@ def runs(args) -> list:
     return out
 
 
+def status(args) -> str:
+    """A markdown table of every run of the study: finished (its train time and zero-shot shape), in
+    progress (the newest checkpoint's step and the train time so far) or not started."""
+    from maskclip.train import checkpoint as ckpt
+
+    lines = ["| run | state | step | train s | zero-shot shape |", "| --- | --- | --- | --- | --- |"]
+    done = left = 0.0
+    for name, _, _ in runs(args):
+        result, run = Path(args.results) / f"{name}.json", Path(args.out) / name
+        if result.is_file():
+            r = json.loads(result.read_text())
+            done += 1
+            lines.append(f"| {name} | finished | {r['steps']} | {r['train_seconds']:.0f} | "
+                         f"{r['zeroshot_shape_top1']:.3f} |")
+            continue
+        found = ckpt.latest(run / "checkpoints")
+        timing = run / "timing.json"
+        seconds = json.loads(timing.read_text())["train_seconds"] if timing.is_file() and found else None
+        left += 1
+        if found is None:
+            lines.append(f"| {name} | not started | 0 | | |")
+        else:
+            step = int(found.name.split("_")[1])
+            lines.append(f"| {name} | in progress | {step} of {args.steps} | "
+                         f"{'' if seconds is None else f'{seconds:.0f}'} | |")
+    lines.append(f"\n{done:.0f} of {done + left:.0f} runs finished; results in {args.results}, "
+                 f"work folders in {args.out}")
+    return "\n".join(lines)
+
+
 def specs(args) -> dict:
     v = f"version={args.version}"
     return {"train": f"synthetic:train,{v},n={args.n_train},cache={Path(args.out) / 'cache'}",
@@ -98,6 +128,8 @@ def train_run(name: str, recipe_name: str, seed: int, args) -> dict:
     cfg = TrainConfig.from_preset(args.preset, recipe, overrides)
     found = ckpt.latest(run / "checkpoints")
     resumed_at = int(found.name.split("_")[1]) if found is not None else 0  # step_XXXXXXXX
+    curve_path = Path(args.results) / "curves" / f"{name}.json"
+    before = seconds_at(run / "timing.json", curve_path, resumed_at) if found is not None else 0.0
     probe = None
     if args.curve_every:
         test = f"synthetic:test,version={args.version},n={args.n_curve}"
@@ -105,18 +137,32 @@ def train_run(name: str, recipe_name: str, seed: int, args) -> dict:
                 "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "crop_scale": list(cfg.crop_scale),
                 "seed": seed, "threads": torch.get_num_threads(), "overrides": extra}
         probe = Probe(test, cfg.model_overrides.get("vision", {}).get("image_size") or 32,
-                      Path(args.results) / "curves" / f"{name}.json", run / "metrics.jsonl", meta, resumed_at,
-                      args.curve_every)
+                      curve_path, run / "metrics.jsonl", meta, resumed_at, args.curve_every, base_seconds=before)
     t0 = time.perf_counter()
     summary = train(cfg, run, resume=found is not None, eval_fn=probe)
     seconds = time.perf_counter() - t0 - (probe.eval_seconds if probe else 0.0)
     timing = run / "timing.json"  # train time summed over the invocations that trained this run
-    before = json.loads(timing.read_text())["train_seconds"] if timing.is_file() and found is not None else 0.0
     record = {"recipe": recipe_name, "seed": seed, "train_seconds": round(before + seconds, 1),
               "steps": summary["steps"], "batch_size": cfg.batch_size, "skipped": summary["skipped"],
               "nonfinite": summary["nonfinite"], "threads": torch.get_num_threads()}
     write_json(timing, record)
     return record
+
+
+def seconds_at(timing: Path, curve: Path, step: int) -> float:
+    """The train time of a run at the checkpoint of ``step`` it resumes from: what the last invocation
+    recorded when it stopped there (``timing``), else the learning curve's point at that step (an
+    invocation that died without recording), else the last record with a warning (an undercount)."""
+    record = json.loads(timing.read_text()) if timing.is_file() else {}
+    if record.get("steps") == step:
+        return record["train_seconds"]
+    points = json.loads(curve.read_text())["points"] if curve.is_file() else []
+    at = [p["train_seconds"] for p in points if p["step"] == step]
+    if at:
+        return at[0]
+    print(f"{timing.parent.name}: no train time recorded at step {step}; counting from "
+          f"{record.get('train_seconds', 0.0)} s (step {record.get('steps', 0)}), an undercount", flush=True)
+    return record.get("train_seconds", 0.0)
 
 
 def colour_masks(ds):
@@ -426,7 +472,12 @@ def main() -> None:
     p.add_argument("--results", default=str(RESULTS), help="finished runs' results and curves (committed)")
     p.add_argument("--no-docs", action="store_true", help="do not write docs/results.md")
     p.add_argument("--bundle", action="store_true", help="ship the best MaskCLIP run so far as the tiny-shapes model")
+    p.add_argument("--status", action="store_true",
+                   help="print each run's state (finished, in progress at step N, not started) and exit")
     args = p.parse_args()
+    if args.status:
+        print(status(args))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     known = [r[0] for r in runs(args)]

@@ -18,6 +18,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -28,7 +29,9 @@ class Probe:
     """The evaluation hook: zero-shot top-1 on test images rendered once, preprocessed once."""
 
     def __init__(self, spec: str, size: int, curve_path: Path, metrics_path: Path, meta: dict, resumed_at: int,
-                 every: int):
+                 every: int, base_seconds: Optional[float] = None):
+        """``base_seconds``: the train time at the checkpoint resumed from (default: the curve's last
+        point at or before it, which undercounts a resume from a checkpoint between curve points)."""
         from maskclip.datasets import classnames, open_synthetic, parse_spec, templates
 
         ds = open_synthetic(parse_spec(spec), size)
@@ -44,7 +47,9 @@ class Probe:
         old = json.loads(curve_path.read_text()) if curve_path.is_file() else {}
         self.points = [p for p in old.get("points", []) if p["step"] <= resumed_at]
         self.meta, self.step, self.every = meta, resumed_at, every
-        self.t0 = time.perf_counter() - (self.points[-1]["train_seconds"] if self.points else 0.0)
+        if base_seconds is None:
+            base_seconds = self.points[-1]["train_seconds"] if self.points else 0.0
+        self.t0 = time.perf_counter() - base_seconds
         self.eval_seconds = 0.0
 
     def __call__(self, model) -> dict:

@@ -232,18 +232,27 @@ def _cli(*args, **kw):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_zero(shards, tmp_path):
+@pytest.mark.parametrize("workers, sig, to_group", [(0, signal.SIGTERM, False), (1, signal.SIGTERM, True),
+                                                    (1, signal.SIGINT, True)],
+                         ids=["sigterm-to-the-process", "sigterm-to-the-group-with-a-worker", "ctrl-c-with-a-worker"])
+def test_a_stop_signal_saves_a_checkpoint_and_exits_zero(shards, tmp_path, workers, sig, to_group):
+    """SIGTERM or Ctrl-C: the current step ends, a checkpoint is written, exit 0. A scheduler's SIGTERM
+    (SLURM, Kubernetes) and a terminal's Ctrl-C reach the data workers too, as the whole process group's:
+    they must leave stopping to the main process instead of dying under it."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "maskclip.train", "--recipe", "clip", "--preset", "tiny", "--data", *shards,
-           "--samples-per-epoch", "96", "--batch-size", "16", "--steps", "100000", "--out", str(out),
-           "--set", "log_every=1", "--set", "progress=false", "--workers", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           "--samples-per-epoch", "16000", "--batch-size", "16", "--steps", "100000", "--out", str(out),
+           "--set", "log_every=1", "--set", "progress=false", "--workers", str(workers)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline:
         if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3:
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    if to_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     folder = ckpt.latest(out / "checkpoints")

@@ -32,6 +32,7 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ def tar_samples(path: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
 
 class ShardSource:
     """Tar shards read sequentially; shards are dealt to slots, and shuffled within a buffer."""
+
+    in_memory = False  # every sample is decoded by a data worker (``loop.cpu_threads``)
 
     def __init__(self, paths: Sequence, shuffle_buffer: int = 1000):
         self.paths = [str(p) for p in paths]
@@ -159,8 +162,10 @@ def _draw(ds: SyntheticShapes, chunk: range) -> Tuple[np.ndarray, List[List[str]
 class IndexedSource:
     """Random-access samples: a CSV table, the synthetic benchmark, any ``record(i) -> Sample``."""
 
-    def __init__(self, size: int, record: Callable[[int], Sample]):
-        self.size, self.record = size, record
+    def __init__(self, size: int, record: Callable[[int], Sample], in_memory: bool = False):
+        # in_memory: the samples are decoded already (the synthetic pool), so a data worker needs only a
+        # fraction of a core (crop, resize, tokenize), not one of its own (``loop.cpu_threads``).
+        self.size, self.record, self.in_memory = size, record, in_memory
 
     def stream(self, slot: int, slots: int, seed: int, epoch: int) -> Iterator[Load]:
         if self.size < slots:
@@ -189,8 +194,10 @@ def open_source(specs: Sequence[str], csv_image_key: Optional[str] = "image",
     spec = parse_spec(list(specs))
     if spec.kind == "synthetic":
         ds = open_synthetic(spec, image_size or SYNTHETIC_SIZE)
-        pooled = SyntheticPool(ds, workers, spec.options.get("cache")) if len(ds) * ds.height * ds.width * 3 <= POOL_BYTES else ds
-        return IndexedSource(len(ds), pooled.__getitem__)
+        if len(ds) * ds.height * ds.width * 3 <= POOL_BYTES:
+            return IndexedSource(len(ds), SyntheticPool(ds, workers, spec.options.get("cache")).__getitem__,
+                                 in_memory=True)
+        return IndexedSource(len(ds), ds.__getitem__)
     if spec.kind == "table":
         try:
             table = Table(spec.paths[0], csv_image_key or None, csv_caption_key or None, csv_separator or None)
@@ -315,5 +322,15 @@ class TrainStream(IterableDataset):
 def make_loader(stream: TrainStream, workers: int, pin_memory: bool = False) -> DataLoader:
     # An own generator keeps the loader from drawing on the global RNG, which a resume restores.
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      generator=torch.Generator().manual_seed(0),
+                      generator=torch.Generator().manual_seed(0), worker_init_fn=leave_stopping_to_the_main_process,
                       prefetch_factor=2 if workers else None, persistent_workers=False)
+
+
+def leave_stopping_to_the_main_process(worker_id: int) -> None:
+    """A data worker ignores SIGTERM and SIGINT. A terminal's Ctrl-C and a scheduler's SIGTERM (SLURM,
+    Kubernetes) go to the whole process group; a worker they killed would make torch raise "DataLoader
+    worker ... is killed by signal" in the main process, in the middle of the clean stop (finish the step,
+    checkpoint, exit 0) the same signal asked it for. The loader still shuts its workers down, and a
+    worker whose main process died exits by itself (torch's watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -242,8 +242,6 @@ def train(cfg: TrainConfig, out, resume: bool = False, eval_fn: Optional[EvalFn]
     cfg = cfg.validate()
     info = dist.init_distributed()
     threads = torch.get_num_threads()
-    if info.device.type == "cpu":
-        torch.set_num_threads(cfg.cpu_threads or max(1, threads - cfg.workers))
     try:
         return _train(cfg, out, resume, eval_fn, stop_after, info)
     finally:
@@ -267,6 +265,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, eval_fn: Optional[EvalFn],
     recipe.model.set_grad_checkpointing(cfg.grad_checkpointing)
     source = open_source(cfg.data, cfg.csv_image_key, cfg.csv_caption_key, cfg.csv_separator,
                          recipe.model.config.preprocess.image_size, cfg.workers)
+    if info.device.type == "cpu":
+        torch.set_num_threads(cpu_threads(cfg, torch.get_num_threads(), source))  # train() restores the count
     plan = Plan.of(cfg, source, info.world_size)
     wrapped = _wrap(recipe, cfg, info)
     recipe = wrapped.module if hasattr(wrapped, "module") else wrapped
@@ -295,6 +295,20 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, eval_fn: Optional[EvalFn],
     summary = _run(wrapped, recipe, optimizer, scaler, stream, state, cfg, plan, info, log, root, eval_fn,
                    stop_after, workers)
     return {**summary, "out": str(out)}
+
+
+def cpu_threads(cfg: TrainConfig, threads: int, source) -> int:
+    """torch's threads for training on the CPU, out of the ``threads`` the process has: ``cfg.cpu_threads``
+    when set; all of them when the samples come from memory (the synthetic pool), whose data worker needs
+    a fraction of a core; else one fewer per data worker, which decodes and augments on a core of its own
+    (an oversubscribed core stalls every thread of each op). Measured on 2 idle cores, ``shapes`` preset,
+    one worker on the pool: 2 threads gave CLIP 126 samples/s and MaskCLIP 60, one thread 90 and 35
+    (``benchmarks/train_end_to_end.py``)."""
+    if cfg.cpu_threads:
+        return cfg.cpu_threads
+    if source.in_memory:
+        return threads
+    return max(1, threads - cfg.workers)
 
 
 def _run(wrapped, recipe, optimizer, scaler, stream, state: RunState, cfg: TrainConfig, plan: Plan,
