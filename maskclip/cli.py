@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 DEFAULT_MODEL = os.environ.get("MASKCLIP_MODEL", "tiny-shapes")
 
@@ -142,26 +142,58 @@ def _write_embeddings(out: Path, emb, items: List[str], kind: str, model_name: O
 
 def cmd_segment(args) -> None:
     from .transforms import load_image
-    from .visualize import overlay
 
     labels = _labels(args)
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise CLIError(f"--out must be a .png/.jpg/.webp image path; got {out.name!r}")
-    method = _segment_method(args)
+    runs = _segment_runs(args)
     model = _load(args)
     image = load_image(args.image)
-    seg = model.segment(image, labels, templates=args.templates, method=method, size=args.size,
-                        window=args.window, stride=args.stride, refine=args.refine, proxy=args.proxy, sfr=args.sfr)
-    picture = overlay(image, seg, labels, alpha=args.alpha)
+    maps = [(title, model.segment(image, labels, templates=args.templates, method=method, size=args.size,
+                                  window=args.window, stride=args.stride, refine=args.refine,
+                                  proxy=args.proxy if method == "proxyclip" else None, sfr=sfr))
+            for title, method, sfr in runs]
+    if args.compare:
+        from .visualize import compare
+
+        picture = compare(image, maps, labels, alpha=args.alpha)
+    else:
+        from .visualize import overlay
+
+        picture = overlay(image, maps[0][1], labels, alpha=args.alpha)
     from .atomic import atomic_write
 
     atomic_write(out, lambda tmp: picture.save(tmp, format=_pil_format(out)))
-    counts = seg.flatten().bincount(minlength=len(labels)).tolist()
-    total = seg.numel()
+    shares = [(seg.flatten().bincount(minlength=len(labels)) / seg.numel()).tolist() for _, seg in maps]
     print(f"wrote {out}")
-    for label, c in sorted(zip(labels, counts), key=lambda lc: -lc[1]):
-        print(f"  {c / total:7.2%}  {label}")
+    if not args.compare:
+        for label, share in sorted(zip(labels, shares[0]), key=lambda ls: -ls[1]):
+            print(f"  {share:7.2%}  {label}")
+        return
+    width = max(len(label) for label in labels)
+    print("  " + " " * width + "".join(f"  {title:>{max(len(title), 7)}}" for title, _ in maps))
+    for k, label in enumerate(labels):
+        print(f"  {label:<{width}}" + "".join(f"  {s[k]:>{max(len(title), 7)}.2%}" for (title, _), s in zip(maps, shares)))
+
+
+def _segment_runs(args) -> List[Tuple[str, Optional[str], bool]]:
+    """``segment``'s ``(panel title, method, sfr)`` runs from ``--method`` / ``--compare`` / ``--proxy`` /
+    ``--sfr``, checked before a model is loaded (method ``None``: the model's default, ``dense.default_method``)."""
+    if not args.compare:
+        return [("", _segment_method(args), args.sfr)]
+    if args.method is not None:
+        raise CLIError(f"--compare draws the methods it names; give --method or --compare, not both "
+                       f"(got --method {args.method})")
+    methods = list(args.compare)
+    if args.proxy is not None and "proxyclip" not in methods:
+        methods.append("proxyclip")  # --proxy: ProxyCLIP with that proxy is one of the panels
+    if args.sfr and "resclip" not in methods:
+        raise CLIError(f"--sfr (ResCLIP's semantic feedback refinement) refines the resclip panel; "
+                       f"--compare {','.join(methods)} has none")
+    suffix = f" + {args.refine}" if args.refine else ""
+    return [(m + (" + sfr" if args.sfr and m == "resclip" else "") + suffix, m, args.sfr and m == "resclip")
+            for m in methods]
 
 
 def _segment_method(args) -> Optional[str]:
@@ -178,6 +210,21 @@ def _segment_method(args) -> Optional[str]:
         raise CLIError(f"--sfr (ResCLIP's semantic feedback refinement) needs --method resclip; "
                        f"got {method or 'clearclip (the default)'}")
     return method
+
+
+def _method_list(text: str) -> List[str]:
+    """``--compare``'s ``a,b,c`` -> dense method names (aliases resolved); argparse reports a bad one."""
+    from . import dense
+
+    names = [dense.canonical_name(part.strip()) for part in text.split(",") if part.strip()]
+    allowed = dense.METHODS + dense.PROXY_METHODS
+    unknown = [n for n in names if n not in allowed]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected dense methods separated by commas, among {list(allowed)} "
+                                         f"(aliases {dense.ALIASES}); got {text!r}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"each method once; got {text!r}")
+    return names
 
 
 def _pil_format(path: Path) -> str:
@@ -286,13 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_csv_arguments(group)
     sp.set_defaults(func=cmd_embed)
 
-    sp = sub.add_parser("segment", help="zero-shot segmentation; writes a coloured overlay with a legend")
+    sp = sub.add_parser("segment", help="zero-shot segmentation; writes a coloured overlay with a legend "
+                                        "(--compare: several methods side by side)")
     sp.add_argument("image", metavar="IMAGE")
     label_args(sp)
     model_args(sp)
     sp.add_argument("--out", required=True, help="overlay image path (.png, .jpg, .webp)")
     sp.add_argument("--method", type=dense.canonical_name, choices=dense.METHODS,
                     help=f"dense method (default clearclip, vanilla for ConvNeXt towers; also accepted: {dense.ALIASES})")
+    sp.add_argument("--compare", type=_method_list, metavar="M1,M2,...",
+                    help="draw these dense methods side by side with one legend, e.g. naclip,sclip,clearclip "
+                         "(instead of --method; --refine applies to each, --sfr to resclip)")
     sp.add_argument("--refine", choices=refine.REFINEMENTS, help="post-process the scores with the image "
                                                                  "(pamr: 10 iterations, dilations 8 and 16)")
     sp.add_argument("--proxy", metavar="NAME",

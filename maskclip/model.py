@@ -4,14 +4,14 @@
 names under ``visual.`` and ``text.``), plus the preprocessing and tokenizer its config
 implies. Every public method accepts user-level inputs (paths, PIL images, tensors, strings),
 checks and converts them once, here, and then calls code that takes tensors: the towers,
-``dense``, ``zero_shot.build_classifier`` / ``probabilities`` and ``segmentation.scores``.
+``dense``, ``zero_shot.build_classifier`` / ``probabilities`` and ``segmentation.scores_many``.
 ``MaskCLIP`` is the class's former name, kept as an alias.
 """
 from __future__ import annotations
 
 import contextlib
 from functools import partial
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -350,24 +350,42 @@ class DualEncoder(nn.Module):
                              method: str, window: Optional[int], stride: Optional[int],
                              refine: Optional[str] = None, proxy: Optional[Proxy] = None,
                              sfr: bool = False) -> torch.Tensor:
-        """Checked ``segment`` inputs -> scores ``[C, H, W]`` (also run by ``maskclip.eval``'s segmentation).
+        """Checked ``segment`` inputs -> scores ``[C, H, W]`` (``_segmentation_scores_many`` of one image)."""
+        (_, scores), = self._segmentation_scores_many([(x, out_size, None)], classifier, method, window, stride,
+                                                      refine, proxy, sfr)
+        return scores
 
-        ``x``: ``segmentation_input``'s ``[1, 3, h, w]``; ``method``: a name in ``dense.METHODS`` or
+    def _segmentation_scores_many(self, inputs: Iterable, classifier: torch.Tensor, method: str,
+                                  window: Optional[int], stride: Optional[int], refine: Optional[str] = None,
+                                  proxy: Optional[Proxy] = None, sfr: bool = False,
+                                  batch_size: int = segmentation.BATCH_SIZE) -> Iterator[Tuple[object, torch.Tensor]]:
+        """Checked ``segment`` inputs of many images -> their scores ``[C, H, W]``, in order (also run by
+        ``maskclip.eval``'s segmentation).
+
+        ``inputs``: ``(x, out_size, key)`` with ``x`` ``segmentation_input``'s ``[1, 3, h, w]``; yields
+        ``(key, scores)``. The windows of consecutive images share forward passes, ``batch_size`` windows
+        each (``segmentation.scores_many``). ``method``: a name in ``dense.METHODS`` or
         ``dense.PROXY_METHODS``; ``window`` / ``stride``: from ``segmentation.check_window``; ``refine``: from
         ``refine.check_refine``; ``proxy``: from ``_check_proxy``; ``sfr``: from ``resclip_sfr.check_sfr``
         (the classifier then also steers the features). PAMR sees the preprocessed image resized to
         ``out_size``, as NACLIP feeds it the normalised input.
         """
         p = self.config.vision.patch_size
-        self._check_patch_count(*segmentation.feature_input_size(x.shape[-2:], p, window))
         features = partial(self._dense_features, method=method, proxy=proxy)
         if sfr:
             features = partial(self._sfr_features, classifier=classifier)
-        scores = segmentation.scores(features, x.to(self.device, self.dtype), out_size, classifier, p, window, stride)
-        if refine == "pamr":
-            image = F.interpolate(x.float(), size=tuple(out_size), mode="bilinear", align_corners=False)
-            scores = refinement.pamr(image, scores[None])[0]
-        return scores
+
+        def on_device():
+            for x, out_size, key in inputs:
+                self._check_patch_count(*segmentation.feature_input_size(x.shape[-2:], p, window))
+                yield x.to(self.device, self.dtype), out_size, (x, key)
+
+        for (x, key), scores in segmentation.scores_many(features, on_device(), classifier, p, window, stride,
+                                                         batch_size):
+            if refine == "pamr":
+                image = F.interpolate(x.float(), size=scores.shape[-2:], mode="bilinear", align_corners=False)
+                scores = refinement.pamr(image, scores[None])[0]
+            yield key, scores
 
     # --- saving ------------------------------------------------------------------------------
 

@@ -5,20 +5,26 @@ compute patch features (optionally in sliding windows of ``window`` px with ``st
 score every patch against the text classifier by cosine similarity, upsample the scores
 bilinearly to the input image's size and take the best label per pixel.
 
-The public ``DualEncoder.segment`` checks its inputs (``check_window`` here); ``scores`` below
-takes checked tensors and the dense-feature function to call on each window.
+The public ``DualEncoder.segment`` checks its inputs (``check_window`` here); ``scores_many``
+below takes checked tensors and the dense-feature function, which it calls on
+batches of windows (all windows of an image, and of consecutive images, in one forward).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from collections import deque
+from typing import Callable, Deque, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .errors import InputError
 
-# Preprocessed images [1, 3, h, w] (h, w multiples of the patch size) -> dense features [1, E, gh, gw].
+# Preprocessed images [B, 3, h, w] (h, w multiples of the patch size) -> dense features [B, E, gh, gw].
 Features = Callable[[torch.Tensor], torch.Tensor]
+
+# Windows per forward pass by default: on a CPU, batches beyond a few windows gain little
+# (benchmarks/segmentation_speed.py); on a GPU a larger ``batch_size`` fills the device.
+BATCH_SIZE = 8
 
 
 def check_window(window, stride, patch_size: int) -> Tuple[Optional[int], Optional[int]]:
@@ -44,16 +50,20 @@ def feature_input_size(size: Tuple[int, int], patch_size: int, window: Optional[
     return h + (-h) % patch_size, w + (-w) % patch_size
 
 
-def _patch_scores(features: Features, x: torch.Tensor, classifier: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Preprocessed ``[1, 3, h, w]`` -> cosine scores ``[1, C, h, w]`` (upsampled from the patch grid)."""
-    h, w = x.shape[-2:]
-    pad_h, pad_w = (-h) % patch_size, (-w) % patch_size
-    if pad_h or pad_w:  # pad to whole patches so the edges are covered, then crop the scores back
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-    feats = F.normalize(features(x), dim=1)  # [1, E, gh, gw]
+def _pad_to_patches(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Pad ``[B, 3, h, w]`` at the bottom and right to whole patches, so the edges are covered."""
+    pad_h, pad_w = (-x.shape[-2]) % patch_size, (-x.shape[-1]) % patch_size
+    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+
+def _upsampled_scores(feats: torch.Tensor, classifier: torch.Tensor, size: Tuple[int, int],
+                      patch_size: int) -> torch.Tensor:
+    """Dense features ``[B, E, gh, gw]`` of padded inputs -> cosine scores ``[B, C, h, w]`` for inputs of ``size``."""
+    feats = F.normalize(feats, dim=1)
     scores = torch.einsum("behw,ec->bchw", feats, classifier.to(feats.dtype))
-    scores = F.interpolate(scores.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return scores[..., :h, :w]
+    padded = (size[0] + (-size[0]) % patch_size, size[1] + (-size[1]) % patch_size)
+    scores = F.interpolate(scores.float(), size=padded, mode="bilinear", align_corners=False)
+    return scores[..., :size[0], :size[1]]
 
 
 def _windows(length: int, window: int, stride: int):
@@ -64,29 +74,71 @@ def _windows(length: int, window: int, stride: int):
     return starts + [length - window]
 
 
-def _sliding_scores(features: Features, x: torch.Tensor, classifier: torch.Tensor, patch_size: int,
-                    window: int, stride: int) -> torch.Tensor:
-    """Average of ``_patch_scores`` over overlapping windows: ``[1, 3, h, w]`` -> ``[1, C, h, w]``."""
-    h, w = x.shape[-2:]
-    total = torch.zeros(1, classifier.shape[1], h, w)
-    count = torch.zeros(1, 1, h, w)
-    for top in _windows(h, window, stride):
-        for left in _windows(w, window, stride):
-            crop = x[..., top:top + window, left:left + window]
-            total[..., top:top + window, left:left + window] += _patch_scores(features, crop, classifier, patch_size).cpu()
-            count[..., top:top + window, left:left + window] += 1
-    return total / count
+class _Image:
+    """One image's score sums and window counts while its windows are in flight."""
+
+    __slots__ = ("key", "out_size", "total", "count", "waiting")
+
+    def __init__(self, key, out_size, n_classes: int, size: Tuple[int, int], n_windows: int):
+        self.key, self.out_size, self.waiting = key, tuple(out_size), n_windows
+        self.total = torch.zeros(1, n_classes, *size)
+        self.count = torch.zeros(1, 1, *size)
+
+    def scores(self) -> torch.Tensor:
+        """Mean over the windows, upsampled to ``out_size``: ``[C, H, W]``."""
+        return F.interpolate(self.total / self.count, size=self.out_size, mode="bilinear", align_corners=False)[0]
 
 
 @torch.no_grad()
-def scores(features: Features, x: torch.Tensor, out_size: Tuple[int, int], classifier: torch.Tensor,
-           patch_size: int, window: Optional[int] = None, stride: Optional[int] = None) -> torch.Tensor:
-    """One preprocessed uncropped image ``[1, 3, h, w]`` and a classifier ``[E, C]`` -> scores ``[C, H, W]`` at ``out_size``.
+def scores_many(features: Features, inputs: Iterable, classifier: torch.Tensor, patch_size: int,
+                window: Optional[int] = None, stride: Optional[int] = None,
+                batch_size: int = BATCH_SIZE) -> Iterator[Tuple[object, torch.Tensor]]:
+    """Preprocessed images -> their scores, in input order, with the windows of all of them batched.
 
-    ``window`` / ``stride`` as returned by ``check_window``; ``features`` is called once per window.
+    ``inputs``: ``(x, out_size, key)`` triples, ``x`` an uncropped ``[1, 3, h, w]``; yields
+    ``(key, scores [C, H, W] at out_size)`` as soon as every window of an image is scored. Windows
+    (``window`` / ``stride`` as ``check_window`` returns them; without a window, the whole image) go
+    through ``features`` up to ``batch_size`` at a time, across image boundaries; windows of another
+    shape start a new batch. Each window's scores are upsampled to the window and averaged where
+    windows overlap, as mmseg's ``slide_inference`` does, so the result equals scoring one window at a
+    time up to the features' floating-point batching (about 1e-6).
     """
-    if window is None:
-        s = _patch_scores(features, x, classifier, patch_size).cpu()
-    else:
-        s = _sliding_scores(features, x, classifier, patch_size, window, stride)
-    return F.interpolate(s, size=tuple(out_size), mode="bilinear", align_corners=False)[0]
+    n_classes = classifier.shape[1]
+    in_flight: Deque[_Image] = deque()
+    crops: List[torch.Tensor] = []
+    places: List[Tuple[_Image, int, int]] = []
+
+    def run() -> None:
+        feats = features(torch.cat([_pad_to_patches(c, patch_size) for c in crops]))
+        size = crops[0].shape[-2:]
+        for i, (image, top, left) in enumerate(places):
+            s = _upsampled_scores(feats[i:i + 1], classifier, size, patch_size).cpu()
+            image.total[..., top:top + size[0], left:left + size[1]] += s
+            image.count[..., top:top + size[0], left:left + size[1]] += 1
+            image.waiting -= 1
+        crops.clear()
+        places.clear()
+
+    def finished():
+        while in_flight and in_flight[0].waiting == 0:
+            image = in_flight.popleft()
+            yield image.key, image.scores()
+
+    for x, out_size, key in inputs:
+        h, w = x.shape[-2:]
+        offsets = ([(top, left) for top in _windows(h, window, stride) for left in _windows(w, window, stride)]
+                   if window is not None else [(0, 0)])
+        image = _Image(key, out_size, n_classes, (h, w), len(offsets))
+        in_flight.append(image)
+        for top, left in offsets:
+            crop = x[..., top:top + window, left:left + window] if window is not None else x
+            if crops and crops[0].shape != crop.shape:
+                run()
+            crops.append(crop)
+            places.append((image, top, left))
+            if len(crops) >= batch_size:
+                run()
+        yield from finished()
+    if crops:
+        run()
+    yield from finished()

@@ -109,3 +109,60 @@ def test_segment_choices_are_the_constants_they_mirror(capsys):
         main(["segment", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert all(name in help_text for name in proxies.PROXIES) and "pamr" in help_text
+
+
+# --- --compare: methods side by side -------------------------------------------------------------------
+
+
+def _printed_table(out: str) -> dict:
+    """``segment --compare``'s table after ``wrote``: {panel title: {label: share}}."""
+    lines = out.strip().splitlines()[1:]
+    titles = [t.strip() for t in lines[0].split("  ") if t.strip()]
+    table = {t: {} for t in titles}
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.split("  ") if c.strip()]
+        for title, share in zip(titles, cells[1:]):
+            table[title][cells[0]] = share
+    return table
+
+
+def test_compare_draws_each_method_beside_the_image_with_what_segment_gives(image, model_dir, tmp_path, capsys):
+    code, out = _run(image, model_dir, tmp_path, "--compare", "naclip,sclip,maskclip", "--refine", "pamr")
+    assert code == 0
+    table = _printed_table(capsys.readouterr().out)
+    assert list(table) == ["naclip + pamr", "sclip + pamr", "zhou + pamr"]  # the alias drawn as its name
+    model, picture = maskclip.load(model_dir), maskclip.transforms.load_image(image)
+    for title, method in zip(table, ("naclip", "sclip", "zhou")):
+        assert table[title] == _shares(model.segment(picture, LABELS, method=method, refine="pamr"), LABELS)
+    grid = Image.open(out)
+    assert grid.width > 4 * 70 and grid.height > 50  # the image and three overlays in one row, then the legend
+
+
+def test_compare_lays_out_panels_in_even_rows_with_one_legend():
+    from maskclip.visualize import compare
+
+    picture = Image.new("RGB", (40, 30), (10, 20, 30))
+    maps = [(f"m{i}", torch.full((30, 40), i % 3, dtype=torch.long)) for i in range(4)]  # 5 panels: 3 + 2
+    one_row = compare(picture, maps[:1], LABELS)
+    grid = compare(picture, maps, LABELS)
+    assert grid.width == one_row.width + 40 + 8 and grid.height > one_row.height
+    # the second overlay (label 1 everywhere) is blue-ish where the first (label 0) is red-ish
+    assert grid.getpixel((2 * 48 + 20, 40)) != grid.getpixel((48 + 20, 40))
+    with pytest.raises(ValueError, match="label map is 40x30 but the image is 50x30"):
+        compare(Image.new("RGB", (50, 30)), maps, LABELS)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--compare", "naclip,foo"], "expected dense methods separated by commas"),
+    (["--compare", "naclip,naclip"], "each method once"),
+    (["--compare", "naclip", "--method", "zhou"], "give --method or --compare, not both"),
+    (["--compare", "naclip,sclip", "--sfr"], "refines the resclip panel; --compare naclip,sclip has none"),
+])
+def test_compare_misuse_is_a_one_line_error(flags, message, image, model_dir, tmp_path, capsys):
+    try:  # argparse exits for a bad --compare value; a bad combination is main's CLIError, returned as 2
+        code, _ = _run(image, model_dir, tmp_path, *flags)
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

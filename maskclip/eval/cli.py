@@ -8,6 +8,7 @@ from typing import Callable, List, Optional
 from ..datasets.cli import add_csv_arguments
 from ..dense import ALIASES, METHODS, canonical_name, tower_methods
 from ..refine import REFINEMENTS
+from ..segmentation import BATCH_SIZE as SEGMENTATION_BATCH
 from ..resources import read_json
 
 BENCHMARKS = tuple(read_json("segmentation_benchmarks.json")["benchmarks"])
@@ -76,7 +77,7 @@ def add_eval_parser(sub, model_args: Callable[[argparse.ArgumentParser], None]) 
                                                "--benchmark, where 0 means the whole image)")
     sp.add_argument("--stride", type=int, help="window stride (default window/2; the protocol's with --benchmark)")
     common(sp)
-    sp.set_defaults(func=cmd_segmentation)
+    sp.set_defaults(func=cmd_segmentation, batch_size=SEGMENTATION_BATCH)  # windows per forward pass
 
     sp = tasks.add_parser("segmentation-probe", help="linear segmentation probe: a 1x1 linear head on frozen patch "
                                                      "features, trained on the train split, mIoU on val")
@@ -164,7 +165,8 @@ def cmd_segmentation(args) -> None:
     model = _load(args)
     methods = args.methods or list(tower_methods(model.visual) or METHODS)
     r = zero_shot_segmentation(model, _data(args, args.data), methods, _classnames(args.classnames_file),
-                               args.templates, args.size, args.window, args.stride, progress=not args.no_progress)
+                               args.templates, args.size, args.window, args.stride, progress=not args.no_progress,
+                               batch_size=args.batch_size)
     lines = []
     for method, res in r["methods"].items():
         everything = res["all_classes"]
@@ -186,7 +188,7 @@ def cmd_segmentation_benchmark(args) -> None:
     if args.window is not None:
         overrides["window"] = args.window or None
     kwargs = dict(method=args.method, refine=args.refine, sfr=bool(args.sfr), variant=args.variant, limit=args.limit,
-                  progress=not args.no_progress, **overrides)
+                  progress=not args.no_progress, batch_size=args.batch_size, **overrides)
     if args.benchmark == "all":
         _need(args, "data_root", "--benchmark all needs --data-root DIR (the folder holding the eight benchmarks)")
         _refuse(args, "--benchmark all", ("root",))

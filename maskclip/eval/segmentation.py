@@ -25,7 +25,7 @@ import torch
 from ..dense import METHODS, ORIGINAL_METHODS, resolve_method
 from ..errors import InputError
 from ..refine import check_refine
-from ..segmentation import check_window
+from ..segmentation import BATCH_SIZE, check_window
 from ..transforms import segmentation_input
 from ..zero_shot import resolve_templates
 from . import metrics
@@ -38,13 +38,15 @@ from .progress import progress as progress_bar
 def zero_shot_segmentation(model, dataset, methods: Sequence[str] = ORIGINAL_METHODS,
                            classnames: Optional[Sequence[str]] = None,
                            templates=None, image_size: Optional[int] = None, window: Optional[int] = None,
-                           stride: Optional[int] = None, progress: bool = True, refine: Optional[str] = None) -> dict:
+                           stride: Optional[int] = None, progress: bool = True, refine: Optional[str] = None,
+                           batch_size: int = BATCH_SIZE) -> dict:
     """Evaluate every dense ``method`` on ``dataset`` (an ``EvalSet`` or data spec with masks) -> results dict.
 
     Results are keyed by the method names as given (an alias such as ``"maskclip"`` keeps its
     spelling; it scores as ``"zhou"``). ``classnames`` replace the dataset's segmentation classes
     (one per mask value); ``templates`` default to the dataset's suggested ones. ``refine``:
-    ``None`` or ``"pamr"`` (``maskclip.refine``), applied to every method's scores.
+    ``None`` or ``"pamr"`` (``maskclip.refine``), applied to every method's scores. ``batch_size``:
+    images read at a time, and windows per forward pass (``segmentation.scores_many``).
     """
     start = time.perf_counter()
     ds = open_dataset(dataset, segmentation_classes=classnames, default_size=model.config.preprocess.image_size)
@@ -55,20 +57,21 @@ def zero_shot_segmentation(model, dataset, methods: Sequence[str] = ORIGINAL_MET
     size = image_size if image_size is not None else model.config.preprocess.image_size
     window, stride = check_window(window, stride, model.config.vision.patch_size)
     refine = check_refine(refine)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
     n_cls = len(classes)
     confusion = {m: torch.zeros(n_cls, n_cls, dtype=torch.long) for m in methods}
     fg_confusion = {m: torch.zeros(n_cls - 1, n_cls - 1, dtype=torch.long) for m in methods} if bg is not None else {}
     with evaluating(model), torch.no_grad():
         classifier = model.zero_shot_classifier(classes, templates)
-        for i in progress_bar(range(len(ds)), total=len(ds), desc="segmentation", enabled=progress):
-            record = ds[i]
-            x, out_size = segmentation_input(record.image, model.config.preprocess, size=size)
-            target = metrics.target_mask(record.mask, out_size, n_cls, f"{ds.name} item {i}")
-            for m, name in methods.items():
-                scores = model._segmentation_scores(x, out_size, classifier, name, window, stride, refine)
-                confusion[m] += metrics.confusion_matrix(scores.argmax(0), target, n_cls, IGNORE_INDEX)
-                if bg is not None:
-                    fg_confusion[m] += _foreground_confusion(scores, target, bg)
+        for chunk in progress_bar(_chunks(ds, model, size, n_cls, batch_size), total=-(-len(ds) // batch_size),
+                                  desc="segmentation", enabled=progress):
+            for m, name in methods.items():  # each method scores the chunk's windows in shared forward passes
+                for target, scores in model._segmentation_scores_many(chunk, classifier, name, window, stride, refine,
+                                                                      batch_size=batch_size):
+                    confusion[m] += metrics.confusion_matrix(scores.argmax(0), target, n_cls, IGNORE_INDEX)
+                    if bg is not None:
+                        fg_confusion[m] += _foreground_confusion(scores, target, bg)
     results = {m: {"all_classes": _summary(confusion[m], classes)} for m in methods}
     for m in fg_confusion:
         results[m]["foreground"] = _summary(fg_confusion[m], [c for k, c in enumerate(classes) if k != bg])
@@ -93,6 +96,20 @@ def zero_shot_segmentation(model, dataset, methods: Sequence[str] = ORIGINAL_MET
         },
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _chunks(ds, model, size: int, n_cls: int, batch_size: int):
+    """``ds``'s records, ``batch_size`` at a time, as ``(x, out_size, target mask)`` lists."""
+    chunk = []
+    for i in range(len(ds)):
+        record = ds[i]
+        x, out_size = segmentation_input(record.image, model.config.preprocess, size=size)
+        chunk.append((x, out_size, metrics.target_mask(record.mask, out_size, n_cls, f"{ds.name} item {i}")))
+        if len(chunk) == batch_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _foreground_confusion(scores: torch.Tensor, target: torch.Tensor, bg: int) -> torch.Tensor:

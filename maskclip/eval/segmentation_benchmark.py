@@ -23,7 +23,7 @@ from ..dense import default_method, resolve_method
 from ..errors import InputError
 from ..refine import check_refine
 from ..resclip_sfr import check_sfr
-from ..segmentation import check_window
+from ..segmentation import BATCH_SIZE, check_window
 from ..transforms import segmentation_input
 from ..zero_shot import resolve_templates
 from . import metrics
@@ -42,14 +42,15 @@ def protocol_size(height: int, width: int, short_side: int, max_long_side: int) 
 
 def benchmark_segmentation(model, name: str, root, method: Optional[str] = None, refine: Optional[str] = None,
                            variant: Optional[str] = None, limit: Optional[int] = None, progress: bool = True,
-                           sfr: bool = False, **overrides) -> dict:
+                           sfr: bool = False, batch_size: int = BATCH_SIZE, **overrides) -> dict:
     """Evaluate ``model``'s dense ``method`` on benchmark ``name`` in folder ``root`` -> results dict.
 
     ``method``: default ``clearclip`` (``vanilla`` for a ConvNeXt tower, ``dense.default_method``).
     ``refine``: a post-process of the scores (``"pamr"``, ``maskclip.refine``), before the logit
     scale and softmax, as NACLIP applies it. ``sfr``: ResCLIP's semantic feedback refinement
     (``method="resclip"`` only; ``maskclip.resclip_sfr``). ``variant``: another repository's settings (``"naclip"``).
-    ``limit``: the first ``limit`` images only. ``overrides``: any of ``OVERRIDABLE``
+    ``limit``: the first ``limit`` images only. ``batch_size``: windows per forward pass, shared by
+    consecutive images (``segmentation.scores_many``). ``overrides``: any of ``OVERRIDABLE``
     (``window=None`` scores the whole image), recorded in the results.
     """
     start = time.perf_counter()
@@ -62,7 +63,8 @@ def benchmark_segmentation(model, name: str, root, method: Optional[str] = None,
     refine = check_refine(refine)
     sfr = check_sfr(sfr, method)
     data = open_benchmark(name, root, "val")
-    n = len(data) if limit is None else _check_limit(limit, len(data))
+    n = len(data) if limit is None else min(_check_positive("limit", limit), len(data))
+    _check_positive("batch_size", batch_size)
     window, stride = check_window(spec["window"], spec["stride"], model.config.vision.patch_size)
     templates = resolve_templates(spec["templates"])
     classes, bg = spec["classes"], spec["background"]
@@ -71,13 +73,10 @@ def benchmark_segmentation(model, name: str, root, method: Optional[str] = None,
     confusion = torch.zeros(n_cls, n_cls, dtype=torch.long)
     with evaluating(model), torch.no_grad():
         classifier = model.zero_shot_classifier(names, templates)  # [E, Q], built once
-        for i in progress_bar(range(n), total=n, desc=name, enabled=progress):
-            sample = data[i]
-            image = read_image(sample.image)
-            size = protocol_size(image.height, image.width, spec["short_side"], spec["max_long_side"])
-            x, out_size = segmentation_input(image, model.config.preprocess, size=size)
-            target = metrics.target_mask(sample.mask, out_size, n_cls, f"mask {sample.meta['mask']!r}")
-            scores = model._segmentation_scores(x, out_size, classifier, method, window, stride, refine, sfr=sfr)
+        inputs = _protocol_inputs(model, data, n, spec)
+        scored = model._segmentation_scores_many(inputs, classifier, method, window, stride, refine, sfr=sfr,
+                                                 batch_size=batch_size)
+        for target, scores in progress_bar(scored, total=n, desc=name, enabled=progress):
             probs = class_probabilities(scores, owner, n_cls, spec["logit_scale"])
             label = predict(probs, bg, spec["prob_threshold"], spec["area_threshold"])
             confusion += metrics.confusion_matrix(label, target, n_cls, IGNORE_INDEX)
@@ -93,6 +92,7 @@ def benchmark_segmentation(model, name: str, root, method: Optional[str] = None,
         "sfr": sfr,
         "n": n,
         "limit": limit,
+        "batch_size": batch_size,
         "miou": metrics.mean_iou(confusion),
         "pixel_accuracy": metrics.pixel_accuracy(confusion),
         "per_class_iou": dict(zip(class_names, metrics.iou_per_class(confusion).tolist())),
@@ -108,6 +108,18 @@ def benchmark_segmentation(model, name: str, root, method: Optional[str] = None,
         },
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _protocol_inputs(model, data, n: int, spec: dict):
+    """The first ``n`` samples of ``data`` resized by the protocol -> ``(x, out_size, target mask)``."""
+    n_cls = len(spec["classes"])
+    for i in range(n):
+        sample = data[i]
+        image = read_image(sample.image)
+        size = protocol_size(image.height, image.width, spec["short_side"], spec["max_long_side"])
+        x, out_size = segmentation_input(image, model.config.preprocess, size=size)
+        target = metrics.target_mask(sample.mask, out_size, n_cls, f"mask {sample.meta['mask']!r}")
+        yield x, out_size, target
 
 
 def all_benchmarks(model, data_root, names: Optional[Sequence[str]] = None, **kwargs) -> dict:
@@ -133,9 +145,9 @@ def all_benchmarks(model, data_root, names: Optional[Sequence[str]] = None, **kw
     }
 
 
-def _check_limit(limit, available: int) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InputError(f"limit must be a positive integer; got {limit!r}")
-    return min(limit, available)
+def _check_positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive integer; got {value!r}")
+    return value
 
 
