@@ -3,7 +3,8 @@
 ``maskclip/resources/open_clip_models.json`` lists the names maskclip builds, each with the Hub
 repo open_clip downloads it from, the activation its weights were trained with and its
 preprocessing family; ``hub.load`` resolves them. A name of an open_clip family maskclip cannot
-build (ResNets, CoCa, MobileCLIP, ViTamin, ...) is refused with what it can build.
+build (ResNets, CoCa, MobileCLIP, ViTamin, ...) is refused with what it can build; another name
+not in the table is refused as such, pointing at its Hub repo.
 """
 from __future__ import annotations
 
@@ -45,7 +46,12 @@ def open_clip_entry(name: str) -> Optional[dict]:
     if not arch.lower().startswith(_OPEN_CLIP_PREFIXES):
         return None
     why = next((reason for key, reason in _data()["unsupported"].items() if key.lower() in arch.lower()), None)
-    family = f" ({why} are not supported)" if why else ""
-    raise ModelNotFoundError(f"the open_clip model {name!r} cannot be built by maskclip{family}. maskclip builds "
-                             f"these open_clip names: {open_clip_names()} (OpenAI-style CLIP ViTs, "
-                             f"SigLIP, SigLIP2, EVA02-CLIP, ConvNeXt); for a Hub repo write 'hf-hub:{name}'")
+    if why:
+        raise ModelNotFoundError(f"the open_clip model {name!r} cannot be built by maskclip ({why} are not "
+                                 f"supported). maskclip builds these open_clip names: {open_clip_names()} "
+                                 f"(OpenAI-style CLIP ViTs, SigLIP, SigLIP2, EVA02-CLIP, ConvNeXt)")
+    raise ModelNotFoundError(f"the open_clip name {name!r} is not in maskclip's table of open_clip names "
+                             f"(maskclip/resources/open_clip_models.json: {open_clip_names()}). An OpenAI-style "
+                             f"CLIP ViT, SigLIP, SigLIP2, EVA02-CLIP or ConvNeXt may still load from its Hub repo: "
+                             f"maskclip.load('hf-hub:ORG/REPO'), with the repo open_clip's pretrained.py gives "
+                             f"for this name")

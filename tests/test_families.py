@@ -420,11 +420,28 @@ def test_open_clip_names_and_short_names_resolve_offline_from_the_hub_cache(cach
     model = maskclip.load("ViT-B-16-SigLIP2/webli")
     pp = model.config.preprocess
     assert (model.config.name, pp.interpolation, pp.resize_mode, pp.mean) == (
-        "ViT-B-16-SigLIP2/webli", "bilinear", "squash", (0.5,) * 3)
+        "ViT-B-16-SigLIP2/webli", "bicubic", "squash", (0.5,) * 3)  # open_clip's for the tag, over the repo's
     assert maskclip.load("siglip2-vitb16").config.name == "siglip2-vitb16"
     dfn = maskclip.load("ViT-B-16/dfn2b")  # the weights are QuickGELU whatever the repo's config says
     assert dfn.config.vision.act == dfn.config.text.act == "quick_gelu"
     assert maskclip.load("dfn2b-vitb16").config.vision.act == "quick_gelu"
+
+
+def test_every_open_clip_name_gets_the_repo_and_preprocessing_open_clip_gives_it():
+    """The table's facts are open_clip's (pretrained.py): Hub repo, mean, std, interpolation, resize mode."""
+    from maskclip.convert.open_clip_timm import family_preprocess
+    from maskclip.open_clip_models import open_clip_entry, open_clip_names
+    from open_clip import pretrained
+
+    for name in open_clip_names():
+        theirs = pretrained.get_pretrained_cfg(*name.split("/"))
+        entry = open_clip_entry(name)
+        pp = family_preprocess(entry["preprocess"], 224)
+        assert entry["repo"] == theirs["hf_hub"].rstrip("/"), name
+        assert pp.mean == pytest.approx(theirs.get("mean", pretrained.OPENAI_DATASET_MEAN)), name
+        assert pp.std == pytest.approx(theirs.get("std", pretrained.OPENAI_DATASET_STD)), name
+        assert (pp.interpolation, pp.resize_mode) == (theirs.get("interpolation", "bicubic"),
+                                                      theirs.get("resize_mode", "shortest")), name
 
 
 def test_every_short_name_of_an_open_clip_model_names_a_known_one():
@@ -443,6 +460,15 @@ def test_every_short_name_of_an_open_clip_model_names_a_known_one():
 def test_an_open_clip_name_maskclip_cannot_build_is_refused_with_what_it_can_build(name):
     with pytest.raises(ModelNotFoundError, match="ViT-B-16-SigLIP2/webli"):
         maskclip.load(name)
+
+
+def test_an_open_clip_name_outside_the_table_is_not_called_unbuildable():
+    """A plain ViT name maskclip could build but does not list: refused as unknown, pointing at hf-hub:."""
+    with pytest.raises(ModelNotFoundError) as err:
+        maskclip.load("ViT-L-14/laion2b_s32b_b82k")
+    message = str(err.value)
+    assert "is not in maskclip's table of open_clip names" in message and "hf-hub:ORG/REPO" in message
+    assert "cannot be built" not in message
 
 
 @pytest.mark.parametrize("timm_name", ["convnextv2_base", "vit_base_patch16_224", "vit_base_patch16_rope_224"])
