@@ -275,6 +275,8 @@ def cmd_export_onnx(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import dense, proxy, refine, serialization
+    from .embed.collection import DTYPES
+    from .embed.output import METADATA_FORMATS
 
     p = argparse.ArgumentParser(prog="maskclip", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -324,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--no-text", action="store_true", help="do not embed the captions")
     group.add_argument("--dense", action="store_true", help="also write patch features, DIR/dense_emb/")
     group.add_argument("--dense-method", default="clearclip", type=dense.canonical_name, choices=dense.METHODS)
-    group.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    group.add_argument("--metadata-format", choices=["parquet", "jsonl"],
+    group.add_argument("--dtype", default="float16", choices=tuple(DTYPES))
+    group.add_argument("--metadata-format", choices=METADATA_FORMATS,
                        help="default parquet when pyarrow is installed, else jsonl")
     group.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     from .datasets.cli import add_csv_arguments

@@ -139,15 +139,19 @@ def _option(parser, *path_and_flag):
 
 
 def test_cli_choices_are_the_constants_they_mirror():
-    from maskclip import dense, serialization
-    from maskclip.datasets import synthetic
+    from maskclip import dense, refine, serialization
+    from maskclip.datasets import synthetic, writer
+    from maskclip.embed import collection, output
     from maskclip.train import config
 
     p = build_parser()
     expected = {("segment", "--method"): dense.METHODS, ("eval", "segmentation", "--methods"): dense.METHODS,
                 ("convert", "--format"): serialization.FORMATS, ("export", "--format"): serialization.FORMATS,
                 ("train", "--recipe"): config.RECIPES, ("train", "--precision"): config.PRECISIONS,
-                ("data", "synth", "--split"): synthetic.SPLITS, ("data", "synth", "--label"): synthetic.LABELS}
+                ("data", "synth", "--split"): synthetic.SPLITS, ("data", "synth", "--label"): synthetic.LABELS,
+                ("data", "synth", "--format"): writer.IMAGE_FORMATS, ("train", "--distributed"): config.DISTRIBUTED,
+                ("embed", "--dtype"): tuple(collection.DTYPES), ("embed", "--metadata-format"): output.METADATA_FORMATS,
+                ("segment", "--refine"): refine.REFINEMENTS}
     for path, constant in expected.items():
         assert tuple(_option(p, *path).choices) == tuple(constant), path
     assert _option(p, "eval", "segmentation", "--methods").default is None  # every method the model's tower runs

@@ -6,6 +6,7 @@ import argparse
 
 from .synthetic import LABELS, SPLITS
 from .table import parse_separator
+from .writer import IMAGE_FORMATS
 
 
 def add_data_parser(sub) -> None:
@@ -22,7 +23,7 @@ def add_data_parser(sub) -> None:
     sp.add_argument("--shards", type=int, default=1, help="number of tar files")
     sp.add_argument("--captions", type=int, default=5, help="captions per image")
     sp.add_argument("--label", default="shape", choices=LABELS, help="classification label")
-    sp.add_argument("--format", default="png", choices=["png", "jpg"], help="image encoding")
+    sp.add_argument("--format", default="png", choices=IMAGE_FORMATS, help="image encoding")
     sp.set_defaults(func=cmd_synth)
 
 

@@ -20,6 +20,8 @@ from .manifest import MANIFEST_FORMAT
 from .record import read_image, read_mask
 
 
+IMAGE_FORMATS = ("png", "jpg")  # how the synthetic shards store images
+
 def write_shards(dataset, out_dir, shards: int = 1, prefix: Optional[str] = None, image_format: str = "png",
                  progress: bool = False) -> Path:
     """Write ``dataset`` (``ds[i] -> Sample``) to ``shards`` tar files in ``out_dir``; returns the manifest path.
@@ -31,8 +33,8 @@ def write_shards(dataset, out_dir, shards: int = 1, prefix: Optional[str] = None
     ``{prefix}.json`` lists the shards, the sample count and the dataset's ``classnames``,
     ``segmentation_classes`` and ``templates`` if it has them.
     """
-    if image_format not in ("png", "jpg"):
-        raise InputError(f"image_format must be 'png' or 'jpg'; got {image_format!r}")
+    if image_format not in IMAGE_FORMATS:
+        raise InputError(f"image_format must be one of {list(IMAGE_FORMATS)}; got {image_format!r}")
     n = len(dataset)
     if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= max(n, 1):
         raise InputError(f"shards must be an integer in [1, {max(n, 1)}] (the sample count); got {shards!r}")

@@ -37,12 +37,15 @@ def default_metadata_format() -> str:
     return "parquet"
 
 
+METADATA_FORMATS = ("parquet", "jsonl")  # parquet needs pyarrow (the [parquet] extra)
+
+
 class OutputFolder:
     """Paths, the finished-part test and the atomic writes of one output folder with ``parts`` parts."""
 
     def __init__(self, root, parts: int, arrays: List[str], metadata_format: str):
-        if metadata_format not in ("parquet", "jsonl"):
-            raise InputError(f"metadata format must be 'parquet' or 'jsonl'; got {metadata_format!r}")
+        if metadata_format not in METADATA_FORMATS:
+            raise InputError(f"metadata format must be one of {list(METADATA_FORMATS)}; got {metadata_format!r}")
         self.root, self.arrays, self.metadata_format = Path(root), list(arrays), metadata_format
         self.width = len(str(max(parts, 1)))  # clip-retrieval's padding: 10 parts -> 00..09
 

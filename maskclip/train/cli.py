@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from ..datasets.cli import add_csv_arguments
 from ..errors import ConfigError
-from .config import PRECISIONS, RECIPES, TrainConfig, load_presets, parse_override
+from .config import DISTRIBUTED, PRECISIONS, RECIPES, TrainConfig, load_presets, parse_override
 
 # Flags that set the config field of the same name.
 _SHORTCUTS = ("data", "steps", "epochs", "batch_size", "lr", "workers", "precision", "seed", "samples_per_epoch",
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--workers", type=int, help="data-loading processes per rank")
     p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--distributed", choices=["ddp", "fsdp"])
+    p.add_argument("--distributed", choices=DISTRIBUTED)
     p.add_argument("--seed", type=int)
     p.add_argument("--ckpt-every", type=int, dest="ckpt_every")
     p.add_argument("--eval-every", type=int, dest="eval_every", help="zero-shot evaluation every N steps")

@@ -22,6 +22,7 @@ from ..errors import ConfigError
 
 RECIPES = ("clip", "slip", "clip_mae", "maskclip", "rils")
 PRECISIONS = ("fp32", "bf16", "fp16")
+DISTRIBUTED = ("ddp", "fsdp")
 LOSSES = ("clip", "siglip")  # the image-text term of every recipe: softmax (InfoNCE) or sigmoid
 ACCUM_MODES = ("cached", "micro")
 
@@ -224,7 +225,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         _choice("recipe", self.recipe, RECIPES)
         _choice("precision", self.precision, PRECISIONS)
-        _choice("distributed", self.distributed, ("ddp", "fsdp"))
+        _choice("distributed", self.distributed, DISTRIBUTED)
         _choice("loss", self.loss, LOSSES)
         _choice("accum_mode", self.accum_mode, ACCUM_MODES)
         for name in ("batch_size", "accum_steps", "log_every", "ckpt_every", "keep_checkpoints", "max_nonfinite"):
