@@ -27,7 +27,6 @@ from dataclasses import replace
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import SUPPORTED_TIMM_MODELS, TIMM_ACTS, VisionConfig, check_timm_model_name, is_timm_conv
@@ -104,10 +103,10 @@ class _AttentionView:
         """``[B, N, D]`` -> q, k, v each ``[B, heads, N, d]``, after q/k norms and rotary embedding."""
         a, (B, N, _) = self.attn, x.shape
         if getattr(a, "qkv", None) is not None:
-            bias = a.qkv.bias
-            if getattr(a, "q_bias", None) is not None:
-                bias = torch.cat((a.q_bias, a.k_bias, a.v_bias))
-            q, k, v = F.linear(x, a.qkv.weight, bias).view(B, N, 3, a.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            qkv = a.qkv(x)  # the module, so hooks and adapters (PEFT) on it act here too
+            if getattr(a, "q_bias", None) is not None:  # EVA: a bias-free qkv and separate q/k/v biases
+                qkv = qkv + torch.cat((a.q_bias, a.k_bias, a.v_bias))
+            q, k, v = qkv.view(B, N, 3, a.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         else:
             q, k, v = (proj(x).view(B, N, a.num_heads, -1).transpose(1, 2) for proj in (a.q_proj, a.k_proj, a.v_proj))
         q, k = a.q_norm(q), a.k_norm(k)
@@ -276,6 +275,5 @@ def _per_patch_attention_pool(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if pool.pos_embed is not None:
         raise ConfigError("per-patch features of an attention pool with its own position embedding are not supported")
     C = x.shape[-1]
-    w, b = pool.kv.weight[C:], None if pool.kv.bias is None else pool.kv.bias[C:]
-    y = pool.proj(F.linear(x, w, b))
+    y = pool.proj(pool.kv(x)[..., C:])  # the value half; the module, so hooks and adapters on it act here too
     return y if pool.mlp is None else y + pool.mlp(pool.norm(y))

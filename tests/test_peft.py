@@ -80,3 +80,24 @@ def test_ia3_changes_the_features_and_merges():
         assert (e - b).abs().max() > 1e-2
     for e, m in zip(expected, features(peft_model.merge_and_unload())):
         torch.testing.assert_close(m, e, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_on_a_timm_tower_reaches_its_dense_features_too():
+    """SigLIP-style timm tower (MAP pool): the dense path calls qkv and the pool's kv as modules."""
+    from maskclip import build, convert
+
+    from test_families import ODD_MAP, custom_text_clip
+
+    cfg, sd = convert.from_open_clip({"model_cfg": ODD_MAP}, custom_text_clip(ODD_MAP).state_dict())
+    base = build.build_model(cfg, sd).eval()
+    torch.manual_seed(1)
+    peft_model = get_peft_model(copy.deepcopy(base),
+                                LoraConfig(target_modules=["qkv", "kv"], init_lora_weights=False, r=4))
+    x = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for method in ("vanilla", "sclip", "naclip"):
+            before = base.dense_features(x, method=method)
+            after = peft_model.dense_features(x, method=method)
+            assert (after - before).abs().max() > 1e-3, method
+            with peft_model.disable_adapter():
+                torch.testing.assert_close(peft_model.dense_features(x, method=method), before, rtol=1e-5, atol=1e-6)
