@@ -31,7 +31,7 @@ from ..zero_shot import resolve_templates
 from . import metrics
 from .metrics import IGNORE_INDEX
 from .datasets import open_dataset
-from .features import evaluating
+from .features import check_batch_size, evaluating
 from .progress import progress as progress_bar
 
 
@@ -57,8 +57,7 @@ def zero_shot_segmentation(model, dataset, methods: Sequence[str] = ORIGINAL_MET
     size = image_size if image_size is not None else model.config.preprocess.image_size
     window, stride = check_window(window, stride, model.config.vision.patch_size)
     refine = check_refine(refine)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
+    check_batch_size(batch_size)
     n_cls = len(classes)
     confusion = {m: torch.zeros(n_cls, n_cls, dtype=torch.long) for m in methods}
     fg_confusion = {m: torch.zeros(n_cls - 1, n_cls - 1, dtype=torch.long) for m in methods} if bg is not None else {}

@@ -27,7 +27,7 @@ from ..segmentation import BATCH_SIZE, check_window
 from ..transforms import segmentation_input
 from ..zero_shot import resolve_templates
 from . import metrics
-from .features import evaluating
+from .features import check_batch_size, evaluating
 from .progress import progress as progress_bar
 from .segmentation_protocol import class_probabilities, flatten_synonyms, predict
 
@@ -64,7 +64,7 @@ def benchmark_segmentation(model, name: str, root, method: Optional[str] = None,
     sfr = check_sfr(sfr, method)
     data = open_benchmark(name, root, "val")
     n = len(data) if limit is None else min(_check_positive("limit", limit), len(data))
-    _check_positive("batch_size", batch_size)
+    check_batch_size(batch_size)
     window, stride = check_window(spec["window"], spec["stride"], model.config.vision.patch_size)
     templates = resolve_templates(spec["templates"])
     classes, bg = spec["classes"], spec["background"]
